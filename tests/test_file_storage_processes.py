@@ -1,0 +1,177 @@
+"""FileStorage across real OS processes: locks, cache coherence and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import start_python
+
+from simplesession import FileStorage, LockTimeout
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses fork-free POSIX processes and signals")
+
+INCREMENTER = """
+    import sys
+    from simplesession import FileStorage
+    storage = FileStorage(sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        with storage.lock("counter"):
+            value = storage.read("counter") or {"n": 0}
+            value["n"] += 1
+            storage.write("counter", value)
+"""
+
+
+@pytest.mark.parametrize("cache_size", [1024, 0])
+def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cache_size: int) -> None:
+    code = INCREMENTER.replace("FileStorage(sys.argv[1])", f"FileStorage(sys.argv[1], cache_size={cache_size})")
+    procs = [start_python(code, str(tmp_path), "250", stderr=subprocess.PIPE) for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert FileStorage(tmp_path).read("counter") == {"n": 1000}
+
+
+def test_warm_cache_sees_other_process_writes_of_the_same_size(tmp_path: Path) -> None:
+    # The other process writes twice per round, quickly, with values of one size: a freed
+    # inode may be reused within one clock tick, and the cache must still notice.
+    writer = start_python(
+        """
+        import sys
+        from simplesession import FileStorage
+        storage = FileStorage(sys.argv[1])
+        for line in sys.stdin:
+            n = int(line)
+            storage.write("k", {"v": f"x{n:03d}"})
+            storage.write("k", {"v": f"y{n:03d}"})
+            print("done", flush=True)
+        """,
+        str(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdin is not None
+    assert writer.stdout is not None
+    storage = FileStorage(tmp_path)
+    try:
+        for n in range(20):
+            storage.write("k", {"v": f"a{n:03d}"})
+            assert storage.read("k") == {"v": f"a{n:03d}"}  # warm
+            writer.stdin.write(f"{n}\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline() == "done\n"
+            assert storage.read("k") == {"v": f"y{n:03d}"}, f"stale value in round {n}"
+    finally:
+        writer.stdin.close()
+        writer.wait(30)
+
+
+def test_lock_held_by_another_process_times_out_then_frees_on_exit(tmp_path: Path) -> None:
+    holder = start_python(
+        """
+        import sys
+        from simplesession import FileStorage
+        storage = FileStorage(sys.argv[1])
+        with storage.lock("k"):
+            print("holding", flush=True)
+            sys.stdin.readline()
+        """,
+        str(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "holding\n"
+    storage = FileStorage(tmp_path, lock_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(LockTimeout) as info, storage.lock("k"):
+        pass
+    assert time.monotonic() - started >= 0.3
+    assert info.value.key == "k"
+    assert info.value.path is not None
+    assert info.value.path.startswith(str(tmp_path))
+    with storage.lock("other"):  # other keys are not blocked
+        pass
+    holder.stdin.close()
+    assert holder.wait(30) == 0
+    with storage.lock("k"):
+        storage.write("k", 1)
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path) -> None:
+    holder = start_python(
+        """
+        import sys, time
+        from simplesession import FileStorage
+        storage = FileStorage(sys.argv[1])
+        with storage.lock("k"):
+            print("holding", flush=True)
+            time.sleep(60)
+        """,
+        str(tmp_path),
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "holding\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    with FileStorage(tmp_path, lock_timeout=1).lock("k"):
+        pass
+
+
+WRITER = """
+    import os, sys
+    from simplesession import FileStorage
+    storage = FileStorage(sys.argv[1])
+    progress = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    start = int(sys.argv[3])
+    padding = "p" * 20000  # large values keep the process inside write() much of the time
+    for i in range(start, start + 10**6):
+        storage.write(f"key{i % 5}", {"i": i, "pad": padding})
+        os.write(progress, b"%d\\n" % i)
+"""
+
+
+def test_sigkill_during_writes_leaves_old_or_new_value_never_torn(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    progress = tmp_path / "progress"
+    rng = random.Random(1234)
+    next_i = 0
+    expected: dict[str, int] = {}
+    for _round in range(12):
+        writer = start_python(WRITER, str(root), str(progress), str(next_i))
+        deadline = time.monotonic() + 30
+        while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+        assert writer.returncode == -signal.SIGKILL
+
+        done = [int(line) for line in progress.read_text().split()]
+        progress.unlink()
+        assert done, "the writer never completed a write"
+        for i in done:
+            expected[f"key{i % 5}"] = i
+        in_flight = done[-1] + 1
+        for path in root.rglob("k*.json"):  # every file parses as a whole session
+            json.loads(path.read_bytes())
+        assert not (root / "corrupt").exists()
+        storage = FileStorage(root, cache_size=0)
+        for key, last_done in expected.items():
+            got = storage.read(key)
+            assert got is not None
+            allowed = {last_done, in_flight} if f"key{in_flight % 5}" == key else {last_done}
+            assert got["i"] in allowed, (key, got["i"], allowed)
+            if got["i"] == in_flight:
+                expected[key] = in_flight
+        next_i = in_flight + 1
+    assert len(expected) == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .bot import Bot
+from .context import Context
 from .errors import (
     CorruptSessionError,
     LockTimeout,
@@ -10,19 +12,27 @@ from .errors import (
     SessionKeyError,
     StorageError,
 )
+from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
 from .storage import FileStorage, MemoryStorage, Storage, default_directory
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Bot",
+    "Context",
     "CorruptSessionError",
     "FileStorage",
     "LockTimeout",
     "MemoryStorage",
+    "MultiSession",
     "SessionDataError",
     "SessionError",
     "SessionKeyError",
+    "SessionMiddleware",
     "Storage",
     "StorageError",
     "default_directory",
+    "lazy_session",
+    "multi_session",
+    "session",
 ]

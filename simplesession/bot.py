@@ -1,0 +1,417 @@
+"""A small blocking bot runner: long polling of the Telegram Bot API, or the console offline."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, TextIO, TypeVar
+
+from .context import Context
+from .errors import SessionError
+
+__all__ = ["Bot", "Handler", "Middleware"]
+
+_log = logging.getLogger(__name__)
+
+Handler = Callable[[Context], Any]
+"""A handler: called with the context of an update it matched."""
+Middleware = Callable[[Context, Callable[[], None]], Any]
+"""A middleware: called as ``mw(ctx, next)``; ``next()`` runs the rest of the chain."""
+
+_H = TypeVar("_H", bound=Handler)
+_M = TypeVar("_M", bound=Middleware)
+
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
+# Telegram answers 401 to a revoked token and 404 to a malformed one; retrying helps neither.
+_TOKEN_REFUSED = (401, 404)
+# The last acknowledging call asks for no waiting, so it need not wait long for an answer.
+_ACK_TIMEOUT = 10.0
+
+
+class _CallFailed(Exception):
+    """A Bot API call failed: ``code`` is the Bot API error code, None for network trouble."""
+
+    def __init__(self, message: str, *, code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Bot:
+    """A blocking bot: middlewares and handlers, run by long polling or on the console.
+
+    :param token: the bot token from @BotFather. ``None`` (or empty) runs on the console:
+        each line of ``input`` is a message from one chat, replies go to ``output``.
+    :param api_url: the Bot API server, for a self-hosted one.
+    :param poll_timeout: seconds the server may hold a ``getUpdates`` call open; also
+        bounds how long :meth:`start` takes to return after :meth:`stop`.
+    :param retry_delay: first wait after a failed poll; it doubles on each failure in a
+        row, up to ``max_retry_delay``.
+    :param console_chat_id: the chat (and user) id of console messages.
+    :param input: where console lines come from (default ``sys.stdin``).
+    :param output: where console replies go (default ``sys.stdout``).
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        api_url: str = "https://api.telegram.org",
+        poll_timeout: float = 30,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
+        console_chat_id: int = 1,
+        input: TextIO | None = None,
+        output: TextIO | None = None,
+    ) -> None:
+        if token is not None and (not isinstance(token, str) or any(c.isspace() or c == "/" for c in token)):
+            raise ValueError("token must be a bot token from @BotFather, such as '123456:ABC-DEF1234ghIkl'")
+        if poll_timeout < 0:
+            raise ValueError(f"poll_timeout must be >= 0 seconds, not {poll_timeout!r}")
+        if not 0 < retry_delay <= max_retry_delay:
+            raise ValueError(f"need 0 < retry_delay <= max_retry_delay, not {retry_delay!r} and {max_retry_delay!r}")
+        self.token = token or None
+        self.api_url = api_url.rstrip("/")
+        self.poll_timeout = poll_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.console_chat_id = console_chat_id
+        self._input = input
+        self._output = output
+        self._middlewares: list[Middleware] = []
+        self._handlers: list[tuple[Callable[[Context], bool], Handler]] = []
+        self._stop = threading.Event()
+        self._running = threading.Lock()
+        # Only touched in the main thread (by start() and the SIGINT handler it installs).
+        self._busy = False
+        self._interrupted = False
+
+    # -- building the bot --------------------------------------------------------------
+
+    def use(self, middleware: _M) -> _M:
+        """Add a middleware ``mw(ctx, next)`` to the chain; returns it, so it works as a decorator."""
+        if not callable(middleware):
+            raise TypeError(f"a middleware is a callable mw(ctx, next), not {type(middleware).__name__}")
+        self._middlewares.append(middleware)
+        return middleware
+
+    def command(self, name: str) -> Callable[[_H], _H]:
+        """Decorate a handler for the command ``/name`` (``"name"`` and ``"/name"`` both work).
+
+        It matches a message whose text (or caption) starts with ``/name`` followed by
+        nothing, by arguments (``/name 3``) or by a bot's name (``/name@SomeBot``).
+        Commands are case-sensitive, as in Telegram.
+        """
+        if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name.removeprefix("/")):
+            raise ValueError(f"a command name is 1-32 letters, digits or underscores, such as 'count', not {name!r}")
+        command = "/" + name.removeprefix("/")
+
+        def matches(ctx: Context) -> bool:
+            # Only new messages: a button under a message that reads "/count" is no command.
+            if "message" not in ctx.update and "channel_post" not in ctx.update:
+                return False
+            text = ctx.text
+            if not isinstance(text, str) or not text.startswith("/"):
+                return False
+            return text.split(maxsplit=1)[0].partition("@")[0] == command
+
+        return self._handler(matches)
+
+    def on(self, kind: str) -> Callable[[_H], _H]:
+        """Decorate a handler for updates of one kind.
+
+        ``kind`` is an update field, such as ``"message"``, ``"edited_message"`` or
+        ``"callback_query"``; ``"kind:field"`` also requires that field in it, such as
+        ``"message:text"`` (text messages only) or ``"callback_query:data"``.
+        """
+        if not isinstance(kind, str):
+            raise TypeError(f"kind is a string such as 'message' or 'message:text', not {type(kind).__name__}")
+        field, colon, sub = kind.partition(":")
+        if not field or (colon and not sub) or ":" in sub:
+            raise ValueError(f"kind is an update field, optionally with ':field', such as 'message:text', not {kind!r}")
+
+        def matches(ctx: Context) -> bool:
+            value = ctx.update.get(field)
+            if value is None:
+                return False
+            return not sub or (isinstance(value, dict) and value.get(sub) is not None)
+
+        return self._handler(matches)
+
+    def _handler(self, matches: Callable[[Context], bool]) -> Callable[[_H], _H]:
+        def register(handler: _H) -> _H:
+            if not callable(handler):
+                raise TypeError(f"a handler is a callable handler(ctx), not {type(handler).__name__}")
+            self._handlers.append((matches, handler))
+            return handler
+
+        return register
+
+    # -- running one update ------------------------------------------------------------
+
+    def handle_update(self, update: dict[str, Any]) -> None:
+        """Run the middlewares once for ``update``, then the first handler that matches it.
+
+        Exceptions from middlewares and handlers propagate to the caller.
+        """
+        ctx = Context(update, self)
+        chain = tuple(self._middlewares)
+
+        def run(index: int) -> None:
+            if index == len(chain):
+                self._dispatch(ctx)
+                return
+            called = False
+
+            def next_() -> None:
+                nonlocal called
+                if called:
+                    raise RuntimeError(f"middleware {chain[index]!r} called next() twice")
+                called = True
+                run(index + 1)
+
+            chain[index](ctx, next_)
+
+        run(0)
+
+    def _dispatch(self, ctx: Context) -> None:
+        for matches, handler in self._handlers:
+            if matches(ctx):
+                handler(ctx)
+                return
+
+    def _handle_logged(self, update: dict[str, Any]) -> None:
+        try:
+            self.handle_update(update)
+        except Exception:
+            _log.exception("handling update %s failed; going on with the next one", update.get("update_id"))
+
+    # -- talking -----------------------------------------------------------------------
+
+    def send_message(self, chat_id: int, text: str, **options: Any) -> Any:
+        """Send ``text`` to a chat (Bot API ``sendMessage``) and return the sent message.
+
+        On the console, print ``text`` and return ``None``. Raises :class:`SessionError`
+        with the Bot API's description when the message cannot be sent.
+        """
+        if self.token is None:
+            output = self._output or sys.stdout
+            output.write(f"{text}\n")
+            output.flush()
+            return None
+        return self.call_api("sendMessage", chat_id=chat_id, text=text, **options)
+
+    def call_api(self, method: str, **params: Any) -> Any:
+        """Call any Bot API method, such as ``answerCallbackQuery``, and return its result.
+
+        Raises :class:`SessionError` when the call fails, or on the console.
+        """
+        if self.token is None:
+            raise SessionError(f"cannot call {method}: this bot has no token, so it only talks on the console")
+        try:
+            return self._call(method, params, self.poll_timeout + 10)
+        except _CallFailed as error:
+            if error.code == 401:
+                raise self._token_refused(error) from None
+            raise SessionError(f"{method} failed: {error}") from error
+
+    def _call(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+        request = urllib.request.Request(
+            f"{self.api_url}/bot{self.token}/{method}",
+            data=json.dumps(params).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        status: int | None = None
+        try:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    status = response.status
+                    body = response.read()
+            except urllib.error.HTTPError as error:
+                # The Bot API explains its errors in a JSON body, whatever the status.
+                status = error.code
+                with error:
+                    body = error.read()
+            answer = json.loads(body)
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            if status is not None and status >= 400:
+                raise _CallFailed(f"HTTP {status}", code=status) from error
+            raise _CallFailed(_describe(error)) from error
+        if not isinstance(answer, dict):
+            raise _CallFailed(f"HTTP {status}: the answer is not a Bot API answer")
+        if answer.get("ok") is True:
+            return answer.get("result")
+        code = answer.get("error_code")
+        code = code if isinstance(code, int) else status
+        parameters = answer.get("parameters")
+        retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        raise _CallFailed(
+            f"HTTP {code}: {answer.get('description') or 'no description'}",
+            code=code,
+            retry_after=retry_after if isinstance(retry_after, (int, float)) else None,
+        )
+
+    def _token_refused(self, error: _CallFailed) -> SessionError:
+        return SessionError(
+            f"the Bot API at {self.api_url} refused the bot token ({error}); "
+            "check the token @BotFather gave you, and api_url"
+        )
+
+    # -- running -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Handle updates until :meth:`stop`, Ctrl-C or (on the console) end of input.
+
+        Blocks. With a token it long-polls the Bot API, retrying network and server
+        errors with back-off; it raises :class:`SessionError` if the token is refused.
+        A handler's exception is logged and the next update handled. Ctrl-C while an
+        update is handled lets that update finish, then stops; a second Ctrl-C
+        interrupts it.
+        """
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError("this bot is already running")
+        try:
+            self._stop.clear()
+            self._interrupted = False
+            with self._ctrl_c_finishes_the_update():
+                if self.token is None:
+                    self._run_console()
+                else:
+                    self._run_polling()
+        finally:
+            self._running.release()
+
+    def stop(self) -> None:
+        """Make a running :meth:`start` return after the current update (or poll). Thread-safe."""
+        self._stop.set()
+
+    def _run_polling(self) -> None:
+        _log.info("polling %s for updates", self.api_url)
+        offset = acknowledged = 0
+        delay = self.retry_delay
+        try:
+            while not self._stop.is_set():
+                try:
+                    updates = self._get_updates(offset)
+                except _CallFailed as error:
+                    if error.code in _TOKEN_REFUSED:
+                        raise self._token_refused(error) from None
+                    wait = delay if error.retry_after is None else error.retry_after
+                    _log.warning("getUpdates failed (%s); retrying in %g s", error, wait)
+                    self._stop.wait(wait)
+                    delay = min(delay * 2, self.max_retry_delay)
+                    continue
+                acknowledged, delay = offset, self.retry_delay
+                self._busy = True
+                try:
+                    for update in updates:
+                        # Set before handling: an update whose handler fails is acknowledged
+                        # too, or a poisoned update would come back forever.
+                        offset = update["update_id"] + 1
+                        self._handle_logged(update)
+                        if self._stop.is_set():
+                            break
+                finally:
+                    self._busy = False
+        except KeyboardInterrupt:
+            _log.info("interrupted (Ctrl-C): stopping")
+        else:
+            self._log_interrupted()
+        if offset != acknowledged:
+            # The server forgets updates only when asked for later ones; ask once more so
+            # that a restart does not handle these again.
+            try:
+                self._call("getUpdates", {"offset": offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
+            except _CallFailed as error:
+                _log.warning("could not acknowledge the handled updates (%s); they may come again", error)
+        _log.info("stopped polling")
+
+    def _get_updates(self, offset: int) -> list[dict[str, Any]]:
+        timeout = self.poll_timeout
+        # The Bot API takes whole seconds; send 30, not 30.0.
+        wire_timeout = int(timeout) if float(timeout).is_integer() else timeout
+        result = self._call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + 10)
+        if not isinstance(result, list) or not all(
+            isinstance(update, dict) and isinstance(update.get("update_id"), int) for update in result
+        ):
+            raise _CallFailed("the answer is not a list of updates")
+        return result
+
+    def _run_console(self) -> None:
+        source = self._input or sys.stdin
+        try:
+            for update_id in itertools.count(1):
+                if self._stop.is_set():
+                    break
+                line = source.readline()
+                if not line:
+                    break
+                self._busy = True
+                try:
+                    self._handle_logged(self._console_update(update_id, line.removesuffix("\n").removesuffix("\r")))
+                finally:
+                    self._busy = False
+        except KeyboardInterrupt:
+            _log.info("interrupted (Ctrl-C): stopping")
+        else:
+            self._log_interrupted()
+
+    def _console_update(self, update_id: int, text: str) -> dict[str, Any]:
+        person = {"id": self.console_chat_id, "is_bot": False, "first_name": "Console"}
+        message = {
+            "message_id": update_id,
+            "date": int(time.time()),
+            "chat": {"id": self.console_chat_id, "type": "private", "first_name": "Console"},
+            "from": person,
+            "text": text,
+        }
+        return {"update_id": update_id, "message": message}
+
+    @contextlib.contextmanager
+    def _ctrl_c_finishes_the_update(self) -> Iterator[None]:
+        # Python lets only the main thread install signal handlers; elsewhere Ctrl-C is not ours.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        # Interrupting a handler would lose its session write: let the update finish, then
+        # stop. No logging here: a signal handler may run in the middle of a log write.
+        if self._busy and not self._interrupted:
+            self._interrupted = True
+            self._stop.set()
+            return
+        raise KeyboardInterrupt
+
+    def _log_interrupted(self) -> None:
+        if self._interrupted:
+            _log.info("interrupted (Ctrl-C): stopped after the update being handled")
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, urllib.error.URLError):
+        if isinstance(error.reason, str):
+            return error.reason
+        error = error.reason
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ValueError):
+        return f"malformed answer: {error}"
+    return str(error) or type(error).__name__

@@ -1,0 +1,241 @@
+"""A fake Telegram Bot API server on loopback, for tests of the long-polling runner."""
+
+from __future__ import annotations
+
+import copy
+import http
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+__all__ = ["FakeBotAPI"]
+
+# However long a client asks getUpdates to wait, a test never waits longer than this.
+MAX_POLL_WAIT = 5.0
+BOT_USER = {"id": 999, "is_bot": True, "first_name": "Fake", "username": "FakeBot"}
+
+# Queued "failures" that are no HTTP status: close the connection without an answer, or
+# answer 200 with a body that is not JSON.
+_DROP = -1
+_GARBLE = -2
+
+
+class FakeBotAPI:
+    """A Bot API server speaking ``getMe``, ``getUpdates`` and ``sendMessage``.
+
+    Use it as a context manager and pass :attr:`url` as a bot's ``api_url`` and
+    :attr:`token` as its token. Queue updates with :meth:`push`; read what the bot sent in
+    :attr:`sent`. ``getUpdates`` has the real semantics: updates below the offset a
+    client sends are forgotten for good, and with none pending it waits up to its
+    ``timeout`` for one.
+    """
+
+    def __init__(self, token: str = "123456:fake-TOKEN") -> None:
+        self.token = token
+        self.sent: list[dict[str, Any]] = []
+        self.calls: list[str] = []
+        self.acknowledged_offset = 0
+        self._pending: list[dict[str, Any]] = []
+        self._next_update_id = 1
+        self._next_message_id = 1
+        self._failures: deque[int] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeBotAPI", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> FakeBotAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving; wake every waiting ``getUpdates`` so that it answers at once."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    # -- scripting the server ----------------------------------------------------------
+
+    def push(
+        self, update_or_text: dict[str, Any] | str, chat_id: int = 42, *, user_id: int | None = None
+    ) -> dict[str, Any]:
+        """Queue an update: a dict (its ``update_id`` is assigned), or a text message to ``chat_id``."""
+        with self._changed:
+            update_id = self._next_update_id
+            self._next_update_id += 1
+            if isinstance(update_or_text, str):
+                sender = {"id": chat_id if user_id is None else user_id, "is_bot": False, "first_name": "Tester"}
+                update: dict[str, Any] = {
+                    "message": {
+                        "message_id": update_id,
+                        "date": int(time.time()),
+                        "chat": {"id": chat_id, "type": "private"},
+                        "from": sender,
+                        "text": update_or_text,
+                    }
+                }
+            else:
+                update = copy.deepcopy(update_or_text)
+            update["update_id"] = update_id
+            self._pending.append(update)
+            self._changed.notify_all()
+            return copy.deepcopy(update)
+
+    def fail_next(self, status: int = 500, times: int = 1) -> None:
+        """Answer the next ``times`` ``getUpdates`` calls with HTTP ``status``.
+
+        A 429 asks the client to retry after 0.2 s, in the Bot API's ``parameters``.
+        """
+        with self._changed:
+            self._failures.extend([status] * times)
+
+    def drop_next(self, times: int = 1) -> None:
+        """Close the connection of the next ``times`` ``getUpdates`` calls without answering."""
+        with self._changed:
+            self._failures.extend([_DROP] * times)
+
+    def garble_next(self, times: int = 1) -> None:
+        """Answer the next ``times`` ``getUpdates`` calls with 200 and a body that is not JSON."""
+        with self._changed:
+            self._failures.extend([_GARBLE] * times)
+
+    def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait until at least ``n`` messages were sent; return them all. Fails after ``timeout``."""
+        self.wait_until(lambda: len(self.sent) >= n, timeout, f"{n} sent messages")
+        with self._changed:
+            return list(self.sent)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0, what: str = "the condition") -> None:
+        """Wait until ``condition()`` (checked after every request) holds; fail after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(condition, timeout):
+                raise AssertionError(f"no {what} within {timeout} s; calls={self.calls} sent={self.sent}")
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _answer(self, token: str, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any] | str] | None:
+        """The status and JSON answer to one call, or ``None`` to drop the connection."""
+        with self._changed:
+            self.calls.append(method)
+            self._changed.notify_all()
+        if token != self.token:
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        if method == "getMe":
+            return 200, {"ok": True, "result": BOT_USER}
+        if method == "getUpdates":
+            return self._get_updates(params)
+        if method == "sendMessage":
+            return self._send_message(params)
+        return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+
+    def _get_updates(self, params: dict[str, Any]) -> tuple[int, dict[str, Any] | str] | None:
+        with self._changed:
+            if self._failures:
+                status = self._failures.popleft()
+                if status == _DROP:
+                    return None
+                if status == _GARBLE:
+                    return 200, "<html>502 Bad Gateway</html>"
+                answer: dict[str, Any] = {"ok": False, "error_code": status}
+                answer["description"] = http.HTTPStatus(status).phrase
+                if status == 429:
+                    answer["description"] = "Too Many Requests: retry after 0.2"
+                    answer["parameters"] = {"retry_after": 0.2}
+                return status, answer
+            offset = int(params.get("offset", 0))
+            if offset > 0:
+                self._pending = [u for u in self._pending if u["update_id"] >= offset]
+                self.acknowledged_offset = max(self.acknowledged_offset, offset)
+                self._changed.notify_all()
+            deadline = time.monotonic() + min(float(params.get("timeout", 0)), MAX_POLL_WAIT)
+            while not self._pending and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            limit = int(params.get("limit", 100))
+            return 200, {"ok": True, "result": copy.deepcopy(self._pending[:limit])}
+
+    def _send_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "chat_id" not in params or not params.get("text"):
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"}
+        with self._changed:
+            self.sent.append(params)
+            message_id = self._next_message_id
+            self._next_message_id += 1
+            self._changed.notify_all()
+        message = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": {"id": params["chat_id"], "type": "private"},
+            "from": BOT_USER,
+            "text": params["text"],
+        }
+        return 200, {"ok": True, "result": message}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeBotAPI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            params = json.loads(body) if body else {}
+        except ValueError:
+            self._reply(400, {"ok": False, "error_code": 400, "description": "Bad Request: body is not JSON"})
+            return
+        self._serve(params if isinstance(params, dict) else {})
+
+    def do_GET(self) -> None:
+        self._serve({})
+
+    def _serve(self, params: dict[str, Any]) -> None:
+        # Paths look like /bot<token>/<method>.
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) != 2 or not parts[0].startswith("bot"):
+            self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return
+        answer = self.server.fake._answer(parts[0].removeprefix("bot"), parts[1], params)
+        if answer is None:
+            self.close_connection = True
+            return
+        self._reply(*answer)
+
+    def _reply(self, status: int, answer: dict[str, Any] | str) -> None:
+        body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean

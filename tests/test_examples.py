@@ -1,0 +1,69 @@
+"""Every example runs offline on the console, as the README says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simplesession import FileStorage
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def console(script: str, lines: list[str], data_dir: Path, *args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    env["SIMPLESESSION_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_counter_bot_counts_and_survives_a_restart(tmp_path: Path) -> None:
+    assert console("counter_bot.py", ["/count", "hello", "/count"], tmp_path) == [
+        "You have sent 1 commands",
+        "You have sent 2 commands",
+    ]
+    assert console("counter_bot.py", ["/count"], tmp_path) == ["You have sent 3 commands"]
+    assert FileStorage(tmp_path).read("1") == {"count": 3}
+
+
+@pytest.mark.parametrize(("mode", "key"), [("user", "user:1"), ("member", "member:1/1")])
+def test_session_keys_example_keys_by_user_or_member(tmp_path: Path, mode: str, key: str) -> None:
+    replies = console("session_keys.py", ["/count", "/count"], tmp_path, mode)
+    assert replies == [f"1 (session {key})", f"2 (session {key})"]
+    assert list(FileStorage(tmp_path).keys()) == [key]
+
+
+def test_lazy_sessions_example_reads_only_when_touched(tmp_path: Path) -> None:
+    assert console("lazy_sessions.py", ["hello"], tmp_path) == ["echo: hello"]
+    assert not tmp_path.exists() or list(FileStorage(tmp_path).keys()) == []
+    assert console("lazy_sessions.py", ["/count", "again", "/count"], tmp_path) == [
+        "You have sent 1 commands",
+        "echo: again",
+        "You have sent 2 commands",
+    ]
+
+
+def test_multi_sessions_example_keeps_user_and_chat_data_apart(tmp_path: Path) -> None:
+    replies = console("multi_sessions.py", ["/me", "/name Ann", "/mute", "/me"], tmp_path)
+    assert replies == [
+        "name='' language=en muted=False",
+        "Hello, Ann",
+        "muted",
+        "name='Ann' language=en muted=True",
+    ]
+    storage = FileStorage(tmp_path)
+    assert storage.read("user:1") == {"username": "Ann", "language": "en"}
+    assert storage.read("chat:1") == {"settings": {"muted": True}}

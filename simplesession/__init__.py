@@ -7,13 +7,14 @@ from .context import Context
 from .errors import (
     CorruptSessionError,
     LockTimeout,
+    MigrationError,
     SessionDataError,
     SessionError,
     SessionKeyError,
     StorageError,
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
-from .storage import FileStorage, MemoryStorage, Storage, default_directory
+from .storage import FileStorage, MemoryStorage, Storage, StorageStats, SweepReport, default_directory
 
 __version__ = "0.1.0.dev0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "FileStorage",
     "LockTimeout",
     "MemoryStorage",
+    "MigrationError",
     "MultiSession",
     "SessionDataError",
     "SessionError",
@@ -31,6 +33,8 @@ __all__ = [
     "SessionMiddleware",
     "Storage",
     "StorageError",
+    "StorageStats",
+    "SweepReport",
     "default_directory",
     "lazy_session",
     "multi_session",

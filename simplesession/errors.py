@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CorruptSessionError",
     "LockTimeout",
+    "MigrationError",
     "SessionDataError",
     "SessionError",
     "SessionKeyError",
@@ -74,3 +75,18 @@ class SessionDataError(SessionError, TypeError):
         super().__init__(message)
         self.key = key
         self.where = where
+
+
+class MigrationError(SessionError):
+    """A session could not be brought up to the current schema version.
+
+    The stored session is left as it was.
+
+    :ivar key: the session key.
+    :ivar version: the version whose migration failed (or the unknown stored version).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, version: float | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.version = version

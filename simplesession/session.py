@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack
+from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from . import data
 from .context import Context
-from .errors import SessionKeyError
+from .errors import MigrationError, SessionDataError, SessionKeyError
 from .storage import FileStorage
+from .storage.base import SweepReport, Version, ttl_seconds
 
 __all__ = ["MultiSession", "SessionMiddleware", "SessionStorage", "lazy_session", "multi_session", "session"]
+
+_log = logging.getLogger(__name__)
+_MISSING = object()
+
+DEFAULT_MAX_SIZE = 1 << 20
+"""Bytes of JSON a session may take by default (1 MiB); a WARNING is logged above half."""
+DEFAULT_SWEEP_INTERVAL = 3600.0
+"""Seconds between the starts of two automatic sweeps, by default."""
 
 Next = Callable[[], object]
 KeyFunction = Callable[[Context], "str | None"]
@@ -37,7 +51,18 @@ def chat_key(ctx: Context) -> str | None:
 class _Fragment:
     """The options of one session (of one fragment, for multi sessions)."""
 
-    __slots__ = ("get_session_key", "initial", "lazy", "name", "prefix", "storage")
+    __slots__ = (
+        "get_session_key",
+        "initial",
+        "latest",
+        "lazy",
+        "max_size",
+        "migrations",
+        "name",
+        "prefix",
+        "storage",
+        "validate",
+    )
 
     def __init__(
         self,
@@ -47,6 +72,10 @@ class _Fragment:
         storage: SessionStorage | None = None,
         get_session_key: KeyFunction | None = None,
         prefix: str | None = None,
+        ttl: float | timedelta | None = None,
+        migrations: Mapping[Version, Callable[[Any], Any]] | None = None,
+        validate: Callable[[Any], Any] | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
         lazy: bool = False,
     ) -> None:
         where = "session()" if name is None else f"multi_session fragment {name!r}"
@@ -62,12 +91,25 @@ class _Fragment:
             raise TypeError(f"{where}: get_session_key must be a function of ctx, not {get_session_key!r}")
         if prefix is not None and not isinstance(prefix, str):
             raise TypeError(f"{where}: prefix must be a str, not {prefix!r}")
+        if validate is not None and not callable(validate):
+            raise TypeError(f"{where}: validate must be a function of the session data, not {validate!r}")
+        if max_size is not None and (type(max_size) is not int or max_size <= 0):
+            raise ValueError(f"{where}: max_size must be a number of bytes > 0 or None, not {max_size!r}")
         self.name = name
         self.initial = initial
-        self.storage: SessionStorage = FileStorage() if storage is None else storage
+        self.storage: SessionStorage = _storage_with_ttl(where, storage, ttl_seconds(ttl))
         self.get_session_key = get_session_key
         # Fragments share the default folder, so each gets its own key space by default.
         self.prefix = prefix if prefix is not None else ("" if name is None else f"{name}:")
+        self.migrations = _sorted_migrations(where, migrations)
+        self.latest: Version | None = self.migrations[-1][0] if self.migrations else None
+        if self.migrations and not hasattr(self.storage, "read_versioned"):
+            raise TypeError(
+                f"{where}: migrations need a storage that records versions (FileStorage, MemoryStorage, "
+                f"RedisStorage), not {self.storage!r}; a storage of your own can migrate in its read()"
+            )
+        self.validate = validate
+        self.max_size = max_size
         self.lazy = bool(lazy)
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
@@ -87,11 +129,86 @@ class _Fragment:
                 )
         return (None, why) if key is None else (self.prefix + key, "")
 
+    def read(self, key: str) -> tuple[Any, Version | None] | None:
+        if self.migrations:
+            return self.storage.read_versioned(key)  # type: ignore[attr-defined,no-any-return]
+        value = self.storage.read(key)
+        return None if value is None else (value, None)
+
+    def migrate(self, key: str, value: Any, version: Version | None) -> Any:
+        """``value`` (stored at ``version``, ``None`` being the oldest) brought up to date."""
+        assert self.latest is not None
+        if version is not None and version > self.latest:
+            raise MigrationError(
+                f"session {key!r} is at version {version}, newer than this bot's newest migration "
+                f"({self.latest}); was it written by a newer release?",
+                key=key,
+                version=version,
+            )
+        for target, migration in self.migrations:
+            if version is None or target > version:
+                try:
+                    value = migration(value)
+                except Exception as exc:
+                    raise MigrationError(
+                        f"migration to version {target} failed for session {key!r}: {type(exc).__name__}: {exc}; "
+                        "the stored session is unchanged",
+                        key=key,
+                        version=target,
+                    ) from exc
+        return value
+
+    def check_size(self, key: str, raw: bytes) -> None:
+        if self.max_size is None:
+            return
+        if len(raw) > self.max_size:
+            raise SessionDataError(
+                f"session {key!r} is {len(raw):,} bytes of JSON, over max_size={self.max_size:,}; nothing "
+                "was stored. Keep sessions small (ids and settings, not histories), or raise max_size",
+                key=key,
+            )
+        if len(raw) > self.max_size // 2:
+            _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
+
+
+def _storage_with_ttl(where: str, storage: SessionStorage | None, ttl: float | None) -> SessionStorage:
+    # The idle clock lives with the data (file times, Redis expiry), so ttl is the storage's.
+    if storage is None:
+        return FileStorage(ttl=ttl)
+    if ttl is None:
+        return storage
+    current = getattr(storage, "ttl", _MISSING)
+    if current is _MISSING:
+        raise TypeError(f"{where}: ttl needs a storage with expiry (FileStorage, MemoryStorage, RedisStorage)")
+    if current is None:
+        storage.ttl = ttl  # type: ignore[attr-defined]
+    elif current != ttl:
+        raise ValueError(f"{where}: ttl={ttl} conflicts with the storage's own ttl={current}")
+    return storage
+
+
+def _sorted_migrations(
+    where: str, migrations: Mapping[Version, Callable[[Any], Any]] | None
+) -> list[tuple[Version, Callable[[Any], Any]]]:
+    if migrations is None:
+        return []
+    if not isinstance(migrations, Mapping):
+        raise TypeError(f"{where}: migrations must be a dict of version: function, not {migrations!r}")
+    for version, migration in migrations.items():
+        if type(version) not in (int, float) or not math.isfinite(version):
+            raise TypeError(
+                f"{where}: migration versions are numbers (int or float) so that 10 comes after 9, "
+                f"not {type(version).__name__} {version!r}"
+            )
+        if not callable(migration):
+            raise TypeError(f"{where}: the migration to version {version} must be a function, not {migration!r}")
+    return sorted(migrations.items(), key=lambda item: item[0])
+
 
 class _Slot:
-    """One session of one update: loaded on demand, written back if its JSON changed."""
+    """One session of one update: loaded on demand, written back if it changed."""
 
-    __slots__ = ("_baseline", "_loaded", "_run", "_stored", "_value", "fragment", "key", "why")
+    __slots__ = ("_baseline", "_loaded", "_run", "_stored", "_value", "_version", "fragment", "key", "why")
 
     def __init__(self, run: _Run, fragment: _Fragment, key: str | None, why: str) -> None:
         self._run = run
@@ -101,6 +218,7 @@ class _Slot:
         self._loaded = False
         self._value: Any = None
         self._stored = False
+        self._version: Version | None = None
         self._baseline: bytes | None = None
 
     def get(self) -> Any:
@@ -117,15 +235,28 @@ class _Slot:
         if self.key is None:
             raise SessionKeyError(f"no session for this update: {self.why}")
         self._run.lock()
-        stored = self.fragment.storage.read(self.key)
-        self._stored = stored is not None
-        if stored is None and self.fragment.initial is not None:
-            stored = self.fragment.initial()
-        self._value = stored
-        try:
-            self._baseline = data.encode(stored)
-        except (TypeError, ValueError):
-            self._baseline = None  # not JSON data: the write-back check says where
+        fragment, key = self.fragment, self.key
+        got = fragment.read(key)
+        value, self._version = (None, None) if got is None else got
+        self._stored = got is not None
+        self._baseline = _dumps(value)
+        if got is not None and fragment.migrations:
+            value = fragment.migrate(key, value, self._version)
+        if got is not None and fragment.validate is not None:
+            try:
+                checked = fragment.validate(value)
+            except Exception as exc:
+                _set_aside(fragment.storage, key, f"validate() refused it: {type(exc).__name__}: {exc}")
+                value, self._stored, self._baseline = None, False, None
+            else:
+                if checked is not None:
+                    value = checked
+        if value is None and fragment.initial is not None:
+            value = fragment.initial()
+            if not self._stored:
+                self._baseline = _dumps(value)
+                self._version = fragment.latest
+        self._value = value
         self._loaded = True
 
     def lock_of(self) -> AbstractContextManager[object] | None:
@@ -136,14 +267,41 @@ class _Slot:
         """How to write this session back (checked already), or ``None`` if unchanged."""
         if not self._loaded:
             return None
-        key, storage = self.key, self.fragment.storage
+        key, fragment = self.key, self.fragment
+        storage = fragment.storage
         assert key is not None
         if self._value is None:
             return (lambda: storage.delete(key)) if self._stored else None
         value = data.check_copy(self._value, key)
-        if data.encode(value) == self._baseline:
+        raw = data.encode(value)
+        if raw == self._baseline and self._version == fragment.latest:
             return None
-        return lambda: storage.write(key, value)
+        fragment.check_size(key, raw)
+        if fragment.latest is None:
+            return lambda: storage.write(key, value)
+        latest = fragment.latest
+        return lambda: storage.write(key, value, version=latest)  # type: ignore[call-arg]
+
+
+def _dumps(value: Any) -> bytes | None:
+    try:
+        return data.encode(value)
+    except (TypeError, ValueError):
+        return None  # not JSON data: the write-back check says where
+
+
+def _set_aside(storage: SessionStorage, key: str, reason: str) -> None:
+    set_aside = getattr(storage, "set_aside", None)
+    if set_aside is not None:
+        set_aside(key, reason)
+        return
+    # A storage of the user's own: keep the value under a side key, then free the key.
+    value = storage.read(key)
+    if value is not None:
+        aside = f"{key}~set-aside~{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        storage.write(aside, value)
+        _log.error("session %r: %s; kept it as %r, starting afresh", key, reason, aside)
+    storage.delete(key)
 
 
 class _Run:
@@ -250,25 +408,68 @@ class _MultiHolder:
                 slot.set(None)
 
 
+class _Sweeper:
+    """Runs the storages' sweeps in the background of updates, one small slice at a time.
+
+    A pass starts every ``interval`` seconds; while it lasts, each update that ends runs at
+    most one slice (a 256th of a FileStorage), so no update pays for a whole sweep.
+    """
+
+    def __init__(self, storages: list[Any], interval: float) -> None:
+        self._storages = storages
+        self._interval = interval
+        self._gap = interval / 1024
+        self._mutex = threading.Lock()
+        self._slices: Iterator[SweepReport] | None = None
+        self._report = SweepReport()
+        self._pass_started = self._last_slice = time.monotonic()
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self._slices is None and now - self._pass_started < self._interval:
+            return
+        if now - self._last_slice < self._gap or not self._mutex.acquire(blocking=False):
+            return
+        try:
+            self._last_slice = now
+            if self._slices is None:
+                self._pass_started = now
+                self._report = SweepReport()
+                self._slices = (part for storage in self._storages for part in storage.sweep_slices())
+            try:
+                self._report += next(self._slices)
+            except StopIteration:
+                self._slices = None
+                _log.debug("sweep finished: %s", self._report)
+        except Exception:
+            self._slices = None
+            _log.warning("automatic sweep failed; it will try again next time", exc_info=True)
+        finally:
+            self._mutex.release()
+
+
 class SessionMiddleware:
     """The middleware that :func:`session`, :func:`lazy_session` and :func:`multi_session` make.
 
     Call it as ``mw(ctx, next)``. Integrations that cannot wrap the handler call
-    :meth:`begin` before it and the returned run's ``finish(failed)`` after it.
+    :meth:`begin` before it and :meth:`end` after it.
     """
 
-    def __init__(self, fragments: list[_Fragment], *, multi: bool) -> None:
+    def __init__(self, fragments: list[_Fragment], *, multi: bool, sweep_interval: float | timedelta | None) -> None:
         self.fragments = fragments
         self.multi = multi
+        interval = ttl_seconds(sweep_interval, "sweep_interval")
+        storages = list({id(f.storage): f.storage for f in fragments if hasattr(f.storage, "sweep_slices")}.values())
+        self._sweeper = _Sweeper(storages, interval) if interval is not None and storages else None
 
     def __call__(self, ctx: Context, next: Next) -> None:
         run = self.begin(ctx)
         try:
             next()
         except BaseException:
-            run.finish(failed=True)
+            self.end(run, failed=True)
             raise
-        run.finish(failed=False)
+        self.end(run, failed=False)
 
     def begin(self, ctx: Context) -> _Run:
         """Install ``ctx.session``; load it now unless lazy (then on first touch)."""
@@ -286,6 +487,14 @@ class SessionMiddleware:
             raise
         return run
 
+    def end(self, run: _Run, *, failed: bool) -> None:
+        """Write back what changed (unless the handler ``failed``) and release the locks."""
+        try:
+            run.finish(failed)
+        finally:
+            if self._sweeper is not None:
+                self._sweeper.step()
+
 
 def session(
     *,
@@ -293,6 +502,11 @@ def session(
     storage: SessionStorage | None = None,
     get_session_key: KeyFunction | None = None,
     prefix: str = "",
+    ttl: float | timedelta | None = None,
+    migrations: Mapping[Version, Callable[[Any], Any]] | None = None,
+    validate: Callable[[Any], Any] | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+    sweep_interval: float | timedelta | None = DEFAULT_SWEEP_INTERVAL,
     lazy: bool = False,
 ) -> SessionMiddleware:
     """A middleware that gives every update ``ctx.session``.
@@ -303,15 +517,36 @@ def session(
     :param get_session_key: ``ctx`` to key (a ``str``); default the chat id. Returning
         ``None`` means this update has no session.
     :param prefix: put before every key, to share one storage between bots or uses.
+    :param ttl: seconds (or a ``timedelta``) after which a session that was neither read
+        nor written reads as missing; it is the storage's ttl (a given storage must have
+        none, or the same).
+    :param migrations: ``{version: function}``; a stored session older than the newest
+        version is passed through the newer functions in numeric order, and written back
+        with the newest version.
+    :param validate: called with each loaded session; returns fixed data (or ``None`` to
+        keep it), or raises: then the session is set aside, an ERROR logged, and the
+        handler gets a fresh initial session.
+    :param max_size: the most bytes of JSON a session may take (``None``: no limit).
+    :param sweep_interval: seconds between automatic sweeps of idle sessions and
+        leftovers, run in small slices after updates (``None``: never).
     :param lazy: read the session only when the handler first touches ``ctx.session``.
 
     The session is locked from load to write-back and written only if its JSON form
     changed; a handler that raises writes nothing; ``ctx.session = None`` deletes it.
     """
     fragment = _Fragment(
-        None, initial=initial, storage=storage, get_session_key=get_session_key, prefix=prefix, lazy=lazy
+        None,
+        initial=initial,
+        storage=storage,
+        get_session_key=get_session_key,
+        prefix=prefix,
+        ttl=ttl,
+        migrations=migrations,
+        validate=validate,
+        max_size=max_size,
+        lazy=lazy,
     )
-    return SessionMiddleware([fragment], multi=False)
+    return SessionMiddleware([fragment], multi=False, sweep_interval=sweep_interval)
 
 
 def lazy_session(**options: Any) -> SessionMiddleware:
@@ -320,10 +555,14 @@ def lazy_session(**options: Any) -> SessionMiddleware:
     return session(**options)
 
 
-_FRAGMENT_OPTIONS = frozenset({"initial", "storage", "get_session_key", "prefix", "lazy"})
+_FRAGMENT_OPTIONS = frozenset(
+    {"initial", "storage", "get_session_key", "prefix", "ttl", "migrations", "validate", "max_size", "lazy"}
+)
 
 
-def multi_session(**fragments: Mapping[str, Any]) -> SessionMiddleware:
+def multi_session(
+    *, sweep_interval: float | timedelta | None = DEFAULT_SWEEP_INTERVAL, **fragments: Mapping[str, Any]
+) -> SessionMiddleware:
     """Several independent sessions per update, as ``ctx.session.<name>``.
 
     Each keyword names a fragment and gives it the options of :func:`session` as a dict.
@@ -344,4 +583,4 @@ def multi_session(**fragments: Mapping[str, Any]) -> SessionMiddleware:
                 f"known: {', '.join(sorted(_FRAGMENT_OPTIONS))}"
             )
         built.append(_Fragment(name, **options))
-    return SessionMiddleware(built, multi=True)
+    return SessionMiddleware(built, multi=True, sweep_interval=sweep_interval)

@@ -25,6 +25,7 @@ from simplesession import (
     session,
 )
 from simplesession.session import SessionMiddleware
+from simplesession.storage import Version
 
 
 class SpyStorage(MemoryStorage):
@@ -42,9 +43,9 @@ class SpyStorage(MemoryStorage):
         self.events.append(("read", key))
         return super().read(key)
 
-    def write(self, key: str, value: Any) -> None:
+    def write(self, key: str, value: Any, *, version: Version | None = None) -> None:
         self.events.append(("write", key))
-        super().write(key, value)
+        super().write(key, value, version=version)
 
     def delete(self, key: str) -> None:
         self.events.append(("delete", key))

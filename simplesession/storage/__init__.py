@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Storage
-from .file import FileStorage, default_directory
+from .base import Storage, SweepReport, Version
+from .file import FileStorage, StorageStats, default_directory
 from .memory import MemoryStorage
 
-__all__ = ["FileStorage", "MemoryStorage", "Storage", "default_directory"]
+__all__ = ["FileStorage", "MemoryStorage", "Storage", "StorageStats", "SweepReport", "Version", "default_directory"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
+import re
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,12 +21,12 @@ import platformdirs
 
 from .. import data
 from ..cache import LRUCache
-from ..errors import CorruptSessionError, StorageError
-from ..keys import encode_key, is_hashed_name, key_bytes, key_from_name
-from .base import Storage
+from ..errors import CorruptSessionError, LockTimeout, StorageError
+from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
+from .base import Storage, SweepReport, Version, ttl_seconds
 from .locks import KeyLock, file_stripe
 
-__all__ = ["FORMAT", "FileStorage"]
+__all__ = ["FORMAT", "FileStorage", "StorageStats", "default_directory"]
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +34,12 @@ FORMAT = 1
 """The file format version written in every session file as ``"format"``."""
 
 LOCK_STRIPES = 1024
+# A temporary file exists for the microseconds of one write; one this old was left by a
+# writer that crashed.
+DEBRIS_AGE = 3600.0
+# A read refreshes a session's idle clock (its mtime) once it is this fraction of the ttl
+# old, so reads need not touch the file each time; sessions may expire up to 1 % early.
+TOUCH_FRACTION = 0.01
 TEMP_PREFIX = ".tmp-"
 CORRUPT_DIR = "corrupt"
 LOCK_DIR = ".locks"
@@ -40,6 +50,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 _READ_FLAGS = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW | _O_BINARY
 _UTIME_FD = os.utime in os.supports_fd
+_STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
 _temp_names = itertools.count()
 
 
@@ -48,10 +59,43 @@ class _Entry(NamedTuple):
     # every write makes a new inode and gives it a nanosecond mtime of its own.
     stamp: tuple[int, int, int]
     value: Any
+    version: Version | None
 
 
 class _Corrupt(Exception):
     pass
+
+
+@dataclasses.dataclass
+class StorageStats:
+    """What :meth:`FileStorage.stats` found.
+
+    :ivar sessions: session files.
+    :ivar bytes: their total size.
+    :ivar oldest: the oldest last-use time (seconds since the epoch), or ``None``.
+    :ivar newest: the newest last-use time, or ``None``.
+    :ivar temp_files: temporary files (of writes under way, or of crashed writers).
+    :ivar corrupt_files: files set aside in ``corrupt/``.
+    :ivar lock_files: lock files (at most 1,024).
+    """
+
+    sessions: int = 0
+    bytes: int = 0
+    oldest: float | None = None
+    newest: float | None = None
+    temp_files: int = 0
+    corrupt_files: int = 0
+    lock_files: int = 0
+
+
+def _is_version(version: object) -> bool:
+    return type(version) in (int, float) and math.isfinite(version)  # type: ignore[arg-type]
+
+
+def _check_version(version: object) -> Version:
+    if not _is_version(version):
+        raise TypeError(f"a session version is an int or a finite float, not {type(version).__name__} {version!r}")
+    return version  # type: ignore[return-value]
 
 
 def _reject_constant(name: str) -> Any:
@@ -83,6 +127,8 @@ class FileStorage(Storage):
         the process, but not of the machine.
     :param lock_timeout: seconds :meth:`lock` waits before raising
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+    :param ttl: seconds (or a ``timedelta``) after which a session that was neither read
+        nor written reads as missing; :meth:`sweep` then removes its file.
 
     Files live in 256 shard folders. Each file records ``{"format": 1, "key": ...,
     "data": ...}``. Writes go to a temporary file that replaces the old one in one step,
@@ -99,11 +145,13 @@ class FileStorage(Storage):
         cache_size: int = 1024,
         fsync: bool = False,
         lock_timeout: float | None = 10.0,
+        ttl: float | timedelta | None = None,
     ) -> None:
         if lock_timeout is not None and (isinstance(lock_timeout, bool) or not lock_timeout >= 0):
             raise ValueError(f"lock_timeout must be a number of seconds >= 0 or None, not {lock_timeout!r}")
         self.directory = Path(os.path.abspath(default_directory(app_name) if directory is None else directory))
         self.fsync = bool(fsync)
+        self.ttl = ttl_seconds(ttl)
         self.lock_timeout = lock_timeout
         self._cache: LRUCache[str, _Entry] = LRUCache(cache_size)
         self._dir = str(self.directory)
@@ -123,18 +171,24 @@ class FileStorage(Storage):
         entry = self._load(key)
         return None if entry is None else data.copy(entry.value)
 
+    def read_versioned(self, key: str) -> tuple[Any, Version | None] | None:
+        entry = self._load(key)
+        return None if entry is None else (data.copy(entry.value), entry.version)
+
     def has(self, key: str) -> bool:
         return self._load(key) is not None
 
-    def write(self, key: str, value: Any) -> None:
+    def write(self, key: str, value: Any, *, version: Version | None = None) -> None:
         value = data.check_copy(value, key)
         if value is None:
             self.delete(key)
             return
         shard, name = encode_key(key)
-        raw = data.encode({"format": FORMAT, "key": key, "data": value}) + b"\n"
-        stamp = self._replace(key, os.path.join(self._dir, shard), name, raw)
-        self._cache.put(key, _Entry(stamp, value))
+        doc = {"format": FORMAT, "key": key, "data": value}
+        if version is not None:
+            doc["version"] = _check_version(version)
+        stamp = self._replace(key, os.path.join(self._dir, shard), name, data.encode(doc) + b"\n")
+        self._cache.put(key, _Entry(stamp, value, version))
 
     def delete(self, key: str) -> None:
         shard, name = encode_key(key)
@@ -161,20 +215,147 @@ class FileStorage(Storage):
                 name = entry.name
                 if name.startswith("k"):
                     key = key_from_name(name)
-                    if key is not None and encode_key(key)[0] == shard:
-                        yield key
+                    if key is None or encode_key(key)[0] != shard:
+                        continue
                 elif is_hashed_name(name):
                     key = self._key_of_hashed(folder, name)
-                    if key is not None:
-                        yield key
+                    if key is None:
+                        continue
+                else:
+                    continue
+                if self.ttl is None or not self._expired(entry):
+                    yield key
 
     def lock(self, key: str) -> KeyLock:
+        return self._lock(key, self.lock_timeout)
+
+    def set_aside(self, key: str, reason: str) -> str | None:
+        path = self._path(key)
+        with self.lock(key):
+            self._cache.discard(key)
+            return self._move_aside_locked(key, path, reason, check=False)
+
+    def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
+        """One slice per shard folder (1/256 of the sessions), then one for the lock files."""
+        seconds = ttl_seconds(ttl) if ttl is not None else self.ttl
+        for shard in range(256):
+            yield self._sweep_shard(f"{shard:02x}", seconds, dry_run)
+        yield self._sweep_locks(dry_run)
+
+    def stats(self, progress: Callable[[int, int], object] | None = None) -> StorageStats:
+        """Counts and sizes of what the folder holds (``progress(done, 256)`` after each shard)."""
+        stats = StorageStats()
+        for shard in range(256):
+            try:
+                entries = list(os.scandir(os.path.join(self._dir, f"{shard:02x}")))
+            except FileNotFoundError:
+                entries = []
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if entry.name.startswith(TEMP_PREFIX):
+                    stats.temp_files += 1
+                elif entry.name.endswith(SUFFIX):
+                    stats.sessions += 1
+                    stats.bytes += st.st_size
+                    when = st.st_mtime_ns / 1e9
+                    stats.oldest = when if stats.oldest is None else min(stats.oldest, when)
+                    stats.newest = when if stats.newest is None else max(stats.newest, when)
+            if progress is not None:
+                progress(shard + 1, 256)
+        for folder, attribute in ((CORRUPT_DIR, "corrupt_files"), (LOCK_DIR, "lock_files")):
+            with contextlib.suppress(FileNotFoundError):
+                setattr(stats, attribute, len(os.listdir(os.path.join(self._dir, folder))))
+        return stats
+
+    # -- sweeping ----------------------------------------------------------------------
+
+    def _sweep_shard(self, shard: str, ttl: float | None, dry_run: bool) -> SweepReport:
+        report = SweepReport()
+        folder = os.path.join(self._dir, shard)
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return report
+        now = time.time_ns()
+        for entry in entries:
+            name = entry.name
+            try:
+                if name.startswith(TEMP_PREFIX):
+                    st = entry.stat(follow_symlinks=False)
+                    if now - st.st_mtime_ns > DEBRIS_AGE * 1e9:
+                        if not dry_run:
+                            os.unlink(entry.path)
+                        report.debris += 1
+                        report.bytes_freed += st.st_size
+                    continue
+                if not name.endswith(SUFFIX):
+                    continue
+                report.scanned += 1
+                if ttl is None or now - entry.stat(follow_symlinks=False).st_mtime_ns <= ttl * 1e9:
+                    continue
+            except FileNotFoundError:
+                continue  # replaced or removed since the listing
+            key = key_from_name(name) if name.startswith("k") else None
+            if key is None and is_hashed_name(name):
+                key = self._key_of_hashed(folder, name)
+            if key is None or os.path.join(self._dir, *encode_key(key)) != entry.path:
+                continue
+            freed = self._remove_if_idle(key, entry.path, ttl, dry_run)
+            if freed is None:
+                report.in_use += 1
+            else:
+                report.removed += 1
+                report.bytes_freed += freed
+        return report
+
+    def _remove_if_idle(self, key: str, path: str, ttl: float, dry_run: bool) -> int | None:
+        """Remove ``key``'s file if it is still idle; its size, or ``None`` if in use."""
+        try:
+            # Never wait: a held lock means an update is using the session right now.
+            with self._lock(key, 0):
+                st = os.stat(path)
+                if time.time_ns() - st.st_mtime_ns <= ttl * 1e9:
+                    return None  # read or written since the listing
+                if not dry_run:
+                    os.unlink(path)
+                    self._cache.discard(key)
+                return st.st_size
+        except LockTimeout:
+            return None
+        except FileNotFoundError:
+            return 0
+
+    def _sweep_locks(self, dry_run: bool) -> SweepReport:
+        # Lock files of the current stripes are permanent (a lock dies with its process, so
+        # none is ever stale); anything else in the lock folder is a leftover.
+        report = SweepReport()
+        try:
+            entries = list(os.scandir(self._lock_dir))
+        except FileNotFoundError:
+            return report
+        for entry in entries:
+            if _STRIPE_NAME.fullmatch(entry.name) and int(entry.name[:3], 16) < LOCK_STRIPES:
+                continue
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+                if not dry_run:
+                    os.unlink(entry.path)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                continue
+            report.debris += 1
+            report.bytes_freed += size
+        return report
+
+    def _lock(self, key: str, timeout: float | None) -> KeyLock:
         raw = key_bytes(key)
         stripe = (zlib.crc32(raw) >> 8) % LOCK_STRIPES
         if not self._lock_dir_ready:
             self._make_folder(self._lock_dir, key)
             self._lock_dir_ready = True
-        return KeyLock(file_stripe(os.path.join(self._lock_dir, f"{stripe:03x}.lock")), key, self.lock_timeout)
+        return KeyLock(file_stripe(os.path.join(self._lock_dir, f"{stripe:03x}.lock")), key, timeout)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -194,7 +375,7 @@ class FileStorage(Storage):
             except OSError as exc:
                 raise self._error("read", key, path, exc) from exc
             if (st.st_ino, st.st_mtime_ns, st.st_size) == cached.stamp:
-                return cached
+                return self._fresh(key, path, cached)
         try:
             stamp, doc = self._read_file(path, key)
         except FileNotFoundError:
@@ -204,9 +385,36 @@ class FileStorage(Storage):
             self._cache.discard(key)
             self._move_aside(key, path, str(exc))
             return None
-        entry = _Entry(stamp, doc["data"])
+        version = doc.get("version")
+        entry = _Entry(stamp, doc["data"], version if _is_version(version) else None)
         self._cache.put(key, entry)
+        return self._fresh(key, path, entry)
+
+    def _fresh(self, key: str, path: str, entry: _Entry) -> _Entry | None:
+        """``entry`` if its session has not expired; a read also resets its idle clock."""
+        if self.ttl is None:
+            return entry
+        ino, mtime, size = entry.stamp
+        now = time.time_ns()
+        age = now - mtime
+        if age > self.ttl * 1e9:
+            return None  # left for the sweep: reading never deletes
+        if age > self.ttl * TOUCH_FRACTION * 1e9:
+            try:
+                os.utime(path, ns=(now, now))
+            except OSError as exc:
+                _log.debug("could not refresh the idle clock of %s: %s", path, exc)
+            else:
+                entry = entry._replace(stamp=(ino, now, size))
+                self._cache.put(key, entry)
         return entry
+
+    def _expired(self, entry: os.DirEntry[str]) -> bool:
+        assert self.ttl is not None
+        try:
+            return time.time_ns() - entry.stat(follow_symlinks=False).st_mtime_ns > self.ttl * 1e9
+        except FileNotFoundError:
+            return True
 
     def _read_file(self, path: str, key: str | None = None) -> tuple[tuple[int, int, int], dict[str, Any]]:
         """The stamp and decoded document of one session file (of ``key``, if given).
@@ -253,7 +461,7 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return None
         except _Corrupt as exc:
-            self._move_aside(None, path, str(exc))
+            self._move_aside(None, path, f"the file is corrupt: {exc}")
             return None
         key: str = doc["key"]
         return key if os.path.join(self._dir, *encode_key(key)) == path else None
@@ -268,15 +476,17 @@ class FileStorage(Storage):
         else:
             self._move_aside_locked(key, path, reason)
 
-    def _move_aside_locked(self, key: str | None, path: str, reason: str) -> None:
-        try:
-            self._read_file(path, key)
-        except FileNotFoundError:
-            return
-        except _Corrupt:
-            pass
-        else:
-            return  # a writer replaced it with a good file meanwhile
+    def _move_aside_locked(self, key: str | None, path: str, reason: str, *, check: bool = True) -> str | None:
+        """Move ``path`` into ``corrupt/`` (if ``check``, only while it is still corrupt)."""
+        if check:
+            try:
+                self._read_file(path, key)
+            except FileNotFoundError:
+                return None
+            except _Corrupt:
+                pass
+            else:
+                return None  # a writer replaced it with a good file meanwhile
         folder = os.path.join(self._dir, CORRUPT_DIR)
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = os.path.join(folder, f"{os.path.basename(path)}.{when}-{os.urandom(3).hex()}")
@@ -284,16 +494,17 @@ class FileStorage(Storage):
             self._make_folder(folder, key)
             os.rename(path, dest)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
             raise CorruptSessionError(
-                f"session file {path} is corrupt ({reason}) and could not be moved to {folder}: "
+                f"session file {path} is unusable ({reason}) and could not be moved to {folder}: "
                 f"{exc.strerror or exc}; move or delete it by hand",
                 key=key,
                 path=path,
             ) from exc
         whose = f"session {key!r}" if key is not None else "a session"
-        _log.error("%s: file %s is corrupt (%s); moved it to %s and starting afresh", whose, path, reason, dest)
+        _log.error("%s: %s; moved its file %s to %s, starting afresh", whose, reason, path, dest)
+        return dest
 
     # -- writing -----------------------------------------------------------------------
 

@@ -50,4 +50,5 @@ def test_readme_python_snippets_run(
         "cannot store session '42': session['items'][2] is a set; sessions hold only JSON data "
         "(dict with str keys, list, str, int, float, bool, None)",
         "count=1",
+        "2 0 0 0 0",  # the sweep: two sessions so far, none idle
     ]

@@ -34,6 +34,9 @@ FORMAT = 1
 """The file format version written in every session file as ``"format"``."""
 
 LOCK_STRIPES = 1024
+SHARDS = 256
+SWEEP_SLICES = SHARDS + 1
+"""How many slices :meth:`FileStorage.sweep_slices` yields: one per shard folder, then the locks."""
 # A temporary file exists for the microseconds of one write; one this old was left by a
 # writer that crashed.
 DEBRIS_AGE = 3600.0
@@ -238,14 +241,14 @@ class FileStorage(Storage):
     def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
         """One slice per shard folder (1/256 of the sessions), then one for the lock files."""
         seconds = ttl_seconds(ttl) if ttl is not None else self.ttl
-        for shard in range(256):
+        for shard in range(SHARDS):
             yield self._sweep_shard(f"{shard:02x}", seconds, dry_run)
         yield self._sweep_locks(dry_run)
 
     def stats(self, progress: Callable[[int, int], object] | None = None) -> StorageStats:
         """Counts and sizes of what the folder holds (``progress(done, 256)`` after each shard)."""
         stats = StorageStats()
-        for shard in range(256):
+        for shard in range(SHARDS):
             try:
                 entries = list(os.scandir(os.path.join(self._dir, f"{shard:02x}")))
             except FileNotFoundError:
@@ -264,7 +267,7 @@ class FileStorage(Storage):
                     stats.oldest = when if stats.oldest is None else min(stats.oldest, when)
                     stats.newest = when if stats.newest is None else max(stats.newest, when)
             if progress is not None:
-                progress(shard + 1, 256)
+                progress(shard + 1, SHARDS)
         for folder, attribute in ((CORRUPT_DIR, "corrupt_files"), (LOCK_DIR, "lock_files")):
             with contextlib.suppress(FileNotFoundError):
                 setattr(stats, attribute, len(os.listdir(os.path.join(self._dir, folder))))
@@ -503,7 +506,7 @@ class FileStorage(Storage):
                 path=path,
             ) from exc
         whose = f"session {key!r}" if key is not None else "a session"
-        _log.error("%s: %s; moved its file %s to %s, starting afresh", whose, reason, path, dest)
+        _log.error("%s: %s; moved its file %s to %s, so the session starts afresh", whose, reason, path, dest)
         return dest
 
     # -- writing -----------------------------------------------------------------------

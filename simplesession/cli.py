@@ -1,0 +1,444 @@
+"""The ``simplesession`` command: look at, clean up and move the sessions of a FileStorage.
+
+Run ``simplesession --help`` (or ``python -m simplesession --help``). Every failure is one
+line on stderr and a non-zero exit status: 1 when something went wrong, 2 for a usage
+error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from . import data
+from .errors import SessionError
+from .keys import key_bytes
+from .storage.base import SweepReport
+from .storage.file import CORRUPT_DIR, SWEEP_SLICES, FileStorage, default_directory
+
+__all__ = ["build_parser", "format_duration", "main", "parse_duration"]
+
+PROG = "simplesession"
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or seconds (3600)"
+
+
+class CliError(Exception):
+    """A failure to report as one line and exit status 1."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text`` (``30d``, ``1d12h``, ``3600``); ``ArgumentTypeError`` if not positive."""
+    spec = text.strip().lower()
+    if re.fullmatch(r"[0-9]+", spec):
+        seconds = float(spec)
+    elif re.fullmatch(r"([0-9]+[wdhms])+", spec):
+        seconds = float(sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)([wdhms])", spec)))
+    elif re.fullmatch(r"-[0-9.wdhms]+", spec):
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; a duration must be positive ({_DURATION_HELP})")
+    else:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration ({_DURATION_HELP})")
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is zero; a duration must be positive ({_DURATION_HELP})")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Whole ``seconds`` the way a user writes them: ``30d``, ``1d12h``, ``2w`` (weeks only when exact)."""
+    rest, parts = int(seconds), []
+    for unit, size in _UNITS.items():
+        if rest >= size and (unit != "w" or rest % size == 0):
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+class Progress:
+    """A one-line progress indicator on stderr, drawn only when stderr is a terminal."""
+
+    WIDTH = 24
+    current: ClassVar[Progress | None] = None  # the one on screen, which log lines must clear
+
+    def __init__(self, label: str, *, bar: bool = True) -> None:
+        self.label = label
+        self.bar = bar
+        self.enabled = sys.stderr.isatty()
+        self.shown = ""
+        self.drawn_at = 0.0
+        # A terminal without UTF-8 cannot show block characters; ASCII still reads.
+        try:
+            "█░".encode(sys.stderr.encoding or "ascii")
+            self.marks = "█░"
+        except (UnicodeEncodeError, LookupError):
+            self.marks = "#-"
+
+    def __enter__(self) -> Progress:
+        Progress.current = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        Progress.current = None
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar:
+            filled = min(self.WIDTH, done * self.WIDTH // max(total, 1))
+            percent = min(100, done * 100 // max(total, 1))
+            text = f"{self.label} {self.marks[0] * filled}{self.marks[1] * (self.WIDTH - filled)} {percent:3d}%"
+        else:
+            text = f"{self.label} {done}/{total}"
+        now = time.monotonic()
+        # Redrawing for every item would cost more than the work; the last state always shows.
+        if text == self.shown or (done < total and now - self.drawn_at < 0.05):
+            return
+        sys.stderr.write(f"\r{text}\x1b[K")
+        sys.stderr.flush()
+        self.shown, self.drawn_at = text, now
+
+    @classmethod
+    def clear(cls) -> None:
+        """Erase the progress line so another line can take its place; the next update redraws it."""
+        if cls.current is not None and cls.current.shown:
+            sys.stderr.write("\r\x1b[K")
+            cls.current.shown = ""
+
+
+class _LogHandler(logging.Handler):
+    # The library logs a corrupt file it moved aside; show it as one line, not over a progress bar.
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            Progress.clear()
+            sys.stderr.write(f"{PROG}: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _human(size: int) -> str:
+    """``812 bytes``, or ``1.2 KiB (1234 bytes)``: readable, yet exact."""
+    if size < 1024:
+        return f"{size} bytes"
+    amount, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while amount >= 1024 and len(units) > 1:
+        amount, units = amount / 1024, units[1:]
+    return f"{amount:.1f} {units[0]} ({size} bytes)"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _existing(storage: FileStorage) -> FileStorage:
+    """``storage``, or :class:`CliError` if its folder is missing (most likely a wrong --dir/--app)."""
+    if not storage.directory.exists():
+        raise CliError(f"no sessions at {storage.directory} (it does not exist); use --dir or --app")
+    if not storage.directory.is_dir():
+        raise CliError(f"{storage.directory} is not a directory; use --dir or --app")
+    return storage
+
+
+def _missing(storage: FileStorage, key: str) -> CliError:
+    return CliError(f"no session {key!r} at {storage.directory}; see the keys with ls")
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_ls(storage: FileStorage, args: argparse.Namespace) -> int:
+    for key in sorted(_existing(storage).keys()):
+        if not args.long:
+            print(key)
+            continue
+        try:
+            st = storage.path(key).stat()
+        except FileNotFoundError:
+            continue  # removed since the listing
+        print(f"{key}\t{st.st_size}\t{_iso(st.st_mtime)}")
+    return 0
+
+
+def cmd_show(storage: FileStorage, args: argparse.Namespace) -> int:
+    found = _existing(storage).read_versioned(args.key)
+    if found is None:
+        raise _missing(storage, args.key)
+    print(json.dumps(found[0], indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_rm(storage: FileStorage, args: argparse.Namespace) -> int:
+    _existing(storage)
+    status = 0
+    for key in args.keys:
+        try:
+            # Under the lock, so that an update in flight cannot write the session back after us.
+            with storage.lock(key):
+                if not os.path.lexists(storage.path(key)):
+                    raise _missing(storage, key)
+                storage.delete(key)
+        except (CliError, SessionError, ValueError) as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_path(storage: FileStorage, args: argparse.Namespace) -> int:
+    print(storage.path(args.key))
+    return 0
+
+
+def cmd_stats(storage: FileStorage, args: argparse.Namespace) -> int:
+    with Progress("counting") as progress:
+        stats = _existing(storage).stats(progress)
+    corrupt_dir = storage.directory / CORRUPT_DIR
+    if args.json:
+        figures = {"directory": str(storage.directory), **vars(stats), "corrupt_dir": str(corrupt_dir)}
+        figures.update(oldest=_iso(stats.oldest), newest=_iso(stats.newest))
+        print(json.dumps(figures, indent=2, ensure_ascii=False))
+        return 0
+    corrupt = f"{stats.corrupt_files} (in {corrupt_dir})" if stats.corrupt_files else "0"
+    print(f"directory:     {storage.directory}\nsessions:      {stats.sessions}\nsize:          {_human(stats.bytes)}")
+    print(f"oldest use:    {_iso(stats.oldest) or '-'}\nnewest use:    {_iso(stats.newest) or '-'}")
+    print(f"temp files:    {stats.temp_files}\ncorrupt files: {corrupt}\nlock files:    {stats.lock_files}")
+    return 0
+
+
+def cmd_sweep(storage: FileStorage, args: argparse.Namespace) -> int:
+    report = SweepReport()
+    with Progress("sweeping") as progress:
+        for done, part in enumerate(_existing(storage).sweep_slices(args.ttl, dry_run=args.dry_run), 1):
+            report += part
+            progress(done, SWEEP_SLICES)
+    remove = "would remove" if args.dry_run else "removed"
+    if args.dry_run:
+        print("dry run: nothing was removed")
+    if args.ttl is None:
+        print("no --ttl given: sessions are kept, only leftover files are cleaned up")
+    print(f"scanned {_plural(report.scanned, 'session')} in {storage.directory}")
+    if args.ttl is not None:
+        print(f"{remove} {_plural(report.removed, 'session')} idle for more than {format_duration(args.ttl)}")
+        print(f"kept {_plural(report.in_use, 'idle session')} because an update is using it")
+    print(f"{remove} {_plural(report.debris, 'leftover file')} (temp files of crashed writers, stray lock files)")
+    print(f"{'would free' if args.dry_run else 'freed'} {_human(report.bytes_freed)}")
+    return 0
+
+
+def _export(storage: FileStorage, write: Callable[[bytes], object]) -> int:
+    """Write every session as one JSON line, in key order; the number written."""
+    keys = sorted(storage.keys())
+    count = 0
+    with Progress("exporting", bar=False) as progress:
+        for done, key in enumerate(keys, 1):
+            found = storage.read_versioned(key)
+            if found is not None:  # None: removed (or set aside as corrupt) since the listing
+                line = {"key": key, "version": found[1], "data": found[0]}
+                write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+                count += 1
+            progress(done, len(keys))
+    return count
+
+
+def cmd_export(storage: FileStorage, args: argparse.Namespace) -> int:
+    _existing(storage)
+    if args.file in (None, "-"):
+        _export(storage, sys.stdout.buffer.write)
+        return 0
+    target = Path(args.file)
+    # Written beside the target and renamed over it, so a failed export never leaves half a file.
+    # mkstemp makes it 0600, which suits a file of personal data.
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CliError(f"cannot write {target}: {error.strerror or error}") from error
+    try:
+        with os.fdopen(fd, "wb") as out:
+            count = _export(storage, out.write)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    print(f"exported {_plural(count, 'session')} to {target}")
+    return 0
+
+
+def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
+    """Every ``(key, data, version)`` of a JSON lines export; :class:`CliError` for the first bad line."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON data")
+
+    entries: list[tuple[str, Any, Any]] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(stream, 1):
+
+        def bad(problem: str, number: int = number) -> CliError:
+            return CliError(f"{source} line {number}: {problem}; nothing was imported")
+
+        if not raw.strip():
+            continue
+        try:
+            doc = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
+        except UnicodeDecodeError:
+            raise bad("not UTF-8 text") from None
+        except (ValueError, RecursionError) as error:
+            raise bad(f"not JSON ({error})") from None
+        if type(doc) is not dict:
+            raise bad(f"a JSON {type(doc).__name__}, not an object with key, version and data")
+        if unknown := sorted(set(doc) - {"key", "version", "data"}):
+            raise bad(f"unknown fields {', '.join(map(repr, unknown))} (expected key, version and data)")
+        key, value, version = doc.get("key"), doc.get("data"), doc.get("version")
+        if "key" not in doc or type(key) is not str:
+            raise bad('"key" is missing' if "key" not in doc else f'"key" is {key!r}, not a string')
+        if "data" not in doc or value is None:
+            raise bad(f'"data" of {key!r} is ' + ("missing" if "data" not in doc else "null (a session cannot be)"))
+        if version is not None and (type(version) not in (int, float) or not math.isfinite(version)):
+            raise bad(f'"version" of {key!r} is {version!r}, not null or a number')
+        try:
+            key_bytes(key)
+            value = data.check_copy(value, key)
+        except (ValueError, TypeError) as error:
+            raise bad(str(error)) from None
+        if key in seen:
+            raise bad(f"session {key!r} is already at line {seen[key]}")
+        seen[key] = number
+        entries.append((key, value, version))
+    return entries
+
+
+def cmd_import(storage: FileStorage, args: argparse.Namespace) -> int:
+    source = "stdin" if args.file in (None, "-") else args.file
+    try:
+        if args.file in (None, "-"):
+            entries = _parse_import(sys.stdin.buffer, source)
+        else:
+            with open(args.file, "rb") as stream:
+                entries = _parse_import(stream, source)
+    except OSError as error:
+        raise CliError(f"cannot read {source}: {error.strerror or error}") from error
+    imported = skipped = 0
+    with Progress("importing", bar=False) as progress:
+        for done, (key, value, version) in enumerate(entries, 1):
+            with storage.lock(key):
+                if args.skip_existing and storage.has(key):
+                    skipped += 1
+                else:
+                    storage.write(key, value, version=version)
+                    imported += 1
+            progress(done, len(entries))
+    kept = f", kept {_plural(skipped, 'existing session')}" if args.skip_existing else ""
+    print(f"imported {_plural(imported, 'session')} into {storage.directory}{kept}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``simplesession`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Look at, clean up and move the sessions of a simplesession FileStorage.",
+        epilog="Default folder: $SIMPLESESSION_DIR, else the 'simplesession' app's data folder. "
+        "Every command but path and import needs the folder to exist. "
+        "Nightly cron sweep: 0 4 * * * simplesession --app mybot sweep --ttl 30d",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dir", metavar="DIR", help="the sessions folder")
+    where.add_argument(
+        "--app",
+        metavar="NAME",
+        help="the sessions of app NAME, as FileStorage(app_name=NAME) finds them",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, func: Callable[[FileStorage, argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("ls", cmd_ls, "List every session key, sorted, one per line.")
+    sub.add_argument("-l", "--long", action="store_true", help="also size in bytes and last use (UTC), tab-separated")
+    command("show", cmd_show, "Print a session's data as JSON.").add_argument("key", metavar="KEY")
+    sub = command("rm", cmd_rm, "Delete sessions; a missing one is an error, the others are still deleted.")
+    sub.add_argument("keys", metavar="KEY", nargs="+")
+    command("path", cmd_path, "Print the file that holds (or would hold) a session.").add_argument("key", metavar="KEY")
+    sub = command("stats", cmd_stats, "Count sessions, bytes, last uses, temp, corrupt and lock files.")
+    sub.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sub = command("sweep", cmd_sweep, "Remove sessions idle longer than --ttl, and files left by crashes.")
+    sub.add_argument("--ttl", type=parse_duration, metavar="DURATION", help=f"idle time: {_DURATION_HELP}")
+    sub.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    sub = command("export", cmd_export, "Write every session as JSON lines: key, version, data.")
+    sub.add_argument("file", metavar="FILE", nargs="?", help="output file (mode 0600), default or '-': stdout")
+    sub = command(
+        "import", cmd_import, "Read sessions from JSON lines (as export writes); all or nothing on bad input."
+    )
+    sub.add_argument("file", metavar="FILE", nargs="?", help="input file, default or '-': stdin")
+    mode = sub.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_false", dest="skip_existing", help="overwrite sessions (default)")
+    mode.add_argument("--skip-existing", action="store_true", help="keep sessions that already exist")
+    sub.set_defaults(skip_existing=False)
+    return parser
+
+
+def _storage(args: argparse.Namespace) -> FileStorage:
+    # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
+    directory = Path(args.dir).expanduser() if args.dir is not None else default_directory(args.app or "simplesession")
+    return FileStorage(directory, cache_size=0)  # every command reads each session once at most
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error argparse has reported
+        return stop.code if isinstance(stop.code, int) else 2
+    logger = logging.getLogger("simplesession")
+    handler, propagate = _LogHandler(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        status: int = args.func(_storage(args), args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a tool killed by SIGPIPE would,
+        # and keep the interpreter from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (CliError, SessionError, ValueError) as error:  # ValueError: a key that is not valid Unicode
+        message = str(error)
+    except OSError as error:
+        message = f"{error.strerror}: {error.filename}" if error.filename and error.strerror else str(error)
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: still one line, not a traceback
+        message = f"unexpected {type(error).__name__}: {error} (this is a bug; please report it)"
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1

@@ -1,4 +1,4 @@
-"""Helpers for tests that run real OS processes."""
+"""Helpers for tests: real OS processes, and a storage of a user's own."""
 
 from __future__ import annotations
 
@@ -28,3 +28,19 @@ def start_python(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
         env=os.environ.copy(),
         **kwargs,
     )
+
+
+class PlainStorage:
+    """A storage as a user would write one: just read, write and delete on a dict."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+
+    def read(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def write(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)

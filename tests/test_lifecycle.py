@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import start_python
+from helpers import PlainStorage, start_python
 
 import simplesession.storage.memory as memory_module
 from simplesession import (
@@ -135,18 +135,8 @@ def test_session_ttl_is_the_storage_ttl() -> None:
     with pytest.raises(ValueError, match="conflicts"):
         session(ttl=60, storage=storage)
 
-    class Plain:
-        def read(self, key: str) -> Any:
-            return None
-
-        def write(self, key: str, value: Any) -> None:
-            pass
-
-        def delete(self, key: str) -> None:
-            pass
-
     with pytest.raises(TypeError, match="ttl needs a storage with expiry"):
-        session(ttl=30, storage=Plain())
+        session(ttl=30, storage=PlainStorage())
 
 
 def test_expired_session_starts_afresh_through_the_middleware(tmp_path: Path) -> None:
@@ -453,18 +443,8 @@ def test_migration_versions_must_be_numbers(bad: Any) -> None:
 
 
 def test_migrations_need_a_versioned_storage() -> None:
-    class Plain:
-        def read(self, key: str) -> Any:
-            return None
-
-        def write(self, key: str, value: Any) -> None:
-            pass
-
-        def delete(self, key: str) -> None:
-            pass
-
     with pytest.raises(TypeError, match="records versions"):
-        session(migrations={1: dict}, storage=Plain())
+        session(migrations={1: dict}, storage=PlainStorage())
     with pytest.raises(TypeError, match="must be a function"):
         session(migrations={1: "upgrade"}, storage=MemoryStorage())  # type: ignore[dict-item]
 
@@ -559,20 +539,7 @@ def test_validation_failure_on_memory_and_custom_storages_keeps_the_data(caplog:
     run(session(initial=dict, storage=memory, validate=refuse), lambda ctx: None)
     assert memory.set_aside_values == {"42": [{"bad": True}]}
 
-    class Plain:
-        def __init__(self) -> None:
-            self.values: dict[str, Any] = {"42": {"bad": True}}
-
-        def read(self, key: str) -> Any:
-            return self.values.get(key)
-
-        def write(self, key: str, value: Any) -> None:
-            self.values[key] = value
-
-        def delete(self, key: str) -> None:
-            self.values.pop(key, None)
-
-    plain = Plain()
+    plain = PlainStorage({"42": {"bad": True}})
     run(session(initial=dict, storage=plain, validate=refuse), lambda ctx: None)
     (aside,) = plain.values
     assert aside.startswith("42~set-aside~")

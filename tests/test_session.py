@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import PlainStorage
 
 from simplesession import (
     Context,
@@ -360,20 +361,7 @@ def test_lock_is_held_from_load_to_write_back() -> None:
 
 
 def test_storage_without_lock_still_works() -> None:
-    class Plain:
-        def __init__(self) -> None:
-            self.values: dict[str, Any] = {}
-
-        def read(self, key: str) -> Any:
-            return self.values.get(key)
-
-        def write(self, key: str, value: Any) -> None:
-            self.values[key] = value
-
-        def delete(self, key: str) -> None:
-            self.values.pop(key, None)
-
-    plain = Plain()
+    plain = PlainStorage()
     run(session(initial=lambda: {"count": 0}, storage=plain), message(), bump)
     assert plain.values == {"42": {"count": 1}}
 

@@ -14,7 +14,7 @@ from .errors import (
     StorageError,
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
-from .storage import FileStorage, MemoryStorage, Storage, StorageStats, SweepReport, default_directory
+from .storage import FileStorage, MemoryStorage, RedisStorage, Storage, StorageStats, SweepReport, default_directory
 
 __version__ = "0.1.0.dev0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "MemoryStorage",
     "MigrationError",
     "MultiSession",
+    "RedisStorage",
     "SessionDataError",
     "SessionError",
     "SessionKeyError",

@@ -1,4 +1,4 @@
-"""The ``simplesession`` command: look at, clean up and move the sessions of a FileStorage.
+"""The ``simplesession`` command: look at, clean up and move the sessions of a FileStorage or RedisStorage.
 
 Run ``simplesession --help`` (or ``python -m simplesession --help``). Every failure is one
 line on stderr and a non-zero exit status: 1 when something went wrong, 2 for a usage
@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -19,19 +18,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
 from . import data
 from .errors import SessionError
 from .keys import key_bytes
 from .storage.base import SweepReport
+from .storage.document import check_version
 from .storage.file import CORRUPT_DIR, SWEEP_SLICES, FileStorage, default_directory
+from .storage.redis import RedisStorage
 
 __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
 
 PROG = "simplesession"
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or seconds (3600)"
+
+Sessions = FileStorage | RedisStorage
+_S = TypeVar("_S", bound=Sessions)
 
 
 class CliError(Exception):
@@ -147,8 +151,16 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _existing(storage: FileStorage) -> FileStorage:
+def _place(storage: Sessions) -> str:
+    if isinstance(storage, RedisStorage):
+        return f"{storage.server} (prefix {storage.prefix!r})"
+    return str(storage.directory)
+
+
+def _existing(storage: _S) -> _S:
     """``storage``, or :class:`CliError` if its folder is missing (most likely a wrong --dir/--app)."""
+    if isinstance(storage, RedisStorage):
+        return storage
     if not storage.directory.exists():
         raise CliError(f"no sessions at {storage.directory} (it does not exist); use --dir or --app")
     if not storage.directory.is_dir():
@@ -156,17 +168,22 @@ def _existing(storage: FileStorage) -> FileStorage:
     return storage
 
 
-def _missing(storage: FileStorage, key: str) -> CliError:
-    return CliError(f"no session {key!r} at {storage.directory}; see the keys with ls")
+def _missing(storage: Sessions, key: str) -> CliError:
+    return CliError(f"no session {key!r} at {_place(storage)}; see the keys with ls")
 
 
 # -- commands --------------------------------------------------------------------------
 
 
-def cmd_ls(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_ls(storage: Sessions, args: argparse.Namespace) -> int:
     for key in sorted(_existing(storage).keys()):
         if not args.long:
             print(key)
+            continue
+        if isinstance(storage, RedisStorage):
+            found = storage.describe(key)
+            if found is not None:  # None: removed since the listing
+                print(f"{key}\t{found[0]}\t{_iso(found[1]) or '-'}")
             continue
         try:
             st = storage.path(key).stat()
@@ -176,7 +193,7 @@ def cmd_ls(storage: FileStorage, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_show(storage: Sessions, args: argparse.Namespace) -> int:
     found = _existing(storage).read_versioned(args.key)
     if found is None:
         raise _missing(storage, args.key)
@@ -184,14 +201,18 @@ def cmd_show(storage: FileStorage, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rm(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_rm(storage: Sessions, args: argparse.Namespace) -> int:
     _existing(storage)
     status = 0
     for key in args.keys:
         try:
             # Under the lock, so that an update in flight cannot write the session back after us.
             with storage.lock(key):
-                if not os.path.lexists(storage.path(key)):
+                if isinstance(storage, RedisStorage):
+                    found = storage.describe(key) is not None
+                else:
+                    found = os.path.lexists(storage.path(key))
+                if not found:
                     raise _missing(storage, key)
                 storage.delete(key)
         except (CliError, SessionError, ValueError) as error:
@@ -200,12 +221,29 @@ def cmd_rm(storage: FileStorage, args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_path(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_path(storage: Sessions, args: argparse.Namespace) -> int:
+    if isinstance(storage, RedisStorage):
+        raise CliError(f"path has no meaning for Redis (session {args.key!r} is the key {storage.prefix}s:{args.key})")
     print(storage.path(args.key))
     return 0
 
 
-def cmd_stats(storage: FileStorage, args: argparse.Namespace) -> int:
+def _redis_stats(storage: RedisStorage, args: argparse.Namespace) -> int:
+    stats = storage.stats()
+    figures = {"server": storage.server, "prefix": storage.prefix, "sessions": stats.sessions, "bytes": stats.bytes}
+    figures.update(set_aside=stats.corrupt_files, locks=stats.lock_files)
+    if args.json:
+        print(json.dumps(figures, indent=2, ensure_ascii=False))
+        return 0
+    aside = f"{stats.corrupt_files} (keys {storage.prefix}aside:*)" if stats.corrupt_files else "0"
+    print(f"server:        {storage.server}\nprefix:        {storage.prefix}\nsessions:      {stats.sessions}")
+    print(f"size:          {_human(stats.bytes)}\nset aside:     {aside}\nlocks held:    {stats.lock_files}")
+    return 0
+
+
+def cmd_stats(storage: Sessions, args: argparse.Namespace) -> int:
+    if isinstance(storage, RedisStorage):
+        return _redis_stats(storage, args)
     with Progress("counting") as progress:
         stats = _existing(storage).stats(progress)
     corrupt_dir = storage.directory / CORRUPT_DIR
@@ -221,7 +259,11 @@ def cmd_stats(storage: FileStorage, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_sweep(storage: Sessions, args: argparse.Namespace) -> int:
+    if isinstance(storage, RedisStorage):
+        print("nothing to do: Redis expires idle sessions itself (RedisStorage(ttl=...) sets the expiry on")
+        print("every write and renews it on every read), and the locks of crashed bots expire too")
+        return 0
     report = SweepReport()
     with Progress("sweeping") as progress:
         for done, part in enumerate(_existing(storage).sweep_slices(args.ttl, dry_run=args.dry_run), 1):
@@ -241,7 +283,7 @@ def cmd_sweep(storage: FileStorage, args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(storage: FileStorage, write: Callable[[bytes], object]) -> int:
+def _export(storage: Sessions, write: Callable[[bytes], object]) -> int:
     """Write every session as one JSON line, in key order; the number written."""
     keys = sorted(storage.keys())
     count = 0
@@ -256,7 +298,7 @@ def _export(storage: FileStorage, write: Callable[[bytes], object]) -> int:
     return count
 
 
-def cmd_export(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_export(storage: Sessions, args: argparse.Namespace) -> int:
     _existing(storage)
     if args.file in (None, "-"):
         _export(storage, sys.stdout.buffer.write)
@@ -284,10 +326,6 @@ def cmd_export(storage: FileStorage, args: argparse.Namespace) -> int:
 
 def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
     """Every ``(key, data, version)`` of a JSON lines export; :class:`CliError` for the first bad line."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON data")
-
     entries: list[tuple[str, Any, Any]] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(stream, 1):
@@ -298,7 +336,7 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
         if not raw.strip():
             continue
         try:
-            doc = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
+            doc = data.decode(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise bad("not UTF-8 text") from None
         except (ValueError, RecursionError) as error:
@@ -312,8 +350,10 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
             raise bad('"key" is missing' if "key" not in doc else f'"key" is {key!r}, not a string')
         if "data" not in doc or value is None:
             raise bad(f'"data" of {key!r} is ' + ("missing" if "data" not in doc else "null (a session cannot be)"))
-        if version is not None and (type(version) not in (int, float) or not math.isfinite(version)):
-            raise bad(f'"version" of {key!r} is {version!r}, not null or a number')
+        try:
+            version = None if version is None else check_version(version)
+        except TypeError:
+            raise bad(f'"version" of {key!r} is {version!r}, not null or a number') from None
         try:
             key_bytes(key)
             value = data.check_copy(value, key)
@@ -326,7 +366,7 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
     return entries
 
 
-def cmd_import(storage: FileStorage, args: argparse.Namespace) -> int:
+def cmd_import(storage: Sessions, args: argparse.Namespace) -> int:
     source = "stdin" if args.file in (None, "-") else args.file
     try:
         if args.file in (None, "-"):
@@ -347,7 +387,7 @@ def cmd_import(storage: FileStorage, args: argparse.Namespace) -> int:
                     imported += 1
             progress(done, len(entries))
     kept = f", kept {_plural(skipped, 'existing session')}" if args.skip_existing else ""
-    print(f"imported {_plural(imported, 'session')} into {storage.directory}{kept}")
+    print(f"imported {_plural(imported, 'session')} into {_place(storage)}{kept}")
     return 0
 
 
@@ -358,10 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``simplesession`` command."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Look at, clean up and move the sessions of a simplesession FileStorage.",
+        description="Look at, clean up and move the sessions of a simplesession FileStorage or RedisStorage.",
         epilog="Default folder: $SIMPLESESSION_DIR, else the 'simplesession' app's data folder. "
         "Every command but path and import needs the folder to exist. "
-        "Nightly cron sweep: 0 4 * * * simplesession --app mybot sweep --ttl 30d",
+        "Nightly cron sweep: 0 4 * * * simplesession --app mybot sweep --ttl 30d. "
+        "Moving to Redis: simplesession --dir DIR export | simplesession --redis URL import",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dir", metavar="DIR", help="the sessions folder")
@@ -370,17 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the sessions of app NAME, as FileStorage(app_name=NAME) finds them",
     )
+    where.add_argument("--redis", metavar="URL", help="the sessions on a Redis server, e.g. redis://localhost:6379/0")
+    parser.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(
-        name: str, func: Callable[[FileStorage, argparse.Namespace], int], text: str
-    ) -> argparse.ArgumentParser:
+    def command(name: str, func: Callable[[Sessions, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(func=func)
         return sub
 
     sub = command("ls", cmd_ls, "List every session key, sorted, one per line.")
-    sub.add_argument("-l", "--long", action="store_true", help="also size in bytes and last use (UTC), tab-separated")
+    sub.add_argument(
+        "-l",
+        "--long",
+        action="store_true",
+        help="also size in bytes and last use (UTC; on Redis the expiry time, - for none), tab-separated",
+    )
     command("show", cmd_show, "Print a session's data as JSON.").add_argument("key", metavar="KEY")
     sub = command("rm", cmd_rm, "Delete sessions; a missing one is an error, the others are still deleted.")
     sub.add_argument("keys", metavar="KEY", nargs="+")
@@ -403,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _storage(args: argparse.Namespace) -> FileStorage:
+def _storage(args: argparse.Namespace) -> Sessions:
+    if args.redis is not None:
+        try:
+            return RedisStorage(args.redis, prefix="simplesession:" if args.prefix is None else args.prefix)
+        except ImportError as error:
+            raise CliError(str(error)) from None
     # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
     directory = Path(args.dir).expanduser() if args.dir is not None else default_directory(args.app or "simplesession")
     return FileStorage(directory, cache_size=0)  # every command reads each session once at most
@@ -411,8 +466,11 @@ def _storage(args: argparse.Namespace) -> FileStorage:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if args.prefix is not None and args.redis is None:
+            parser.error("argument --prefix: only with --redis")
     except SystemExit as stop:  # --help, or a usage error argparse has reported
         return stop.code if isinstance(stop.code, int) else 2
     logger = logging.getLogger("simplesession")

@@ -12,7 +12,14 @@ if TYPE_CHECKING:
 __all__ = ["Context", "SessionHolder"]
 
 # Update fields whose value is a message; the first present one is ctx.message.
-_MESSAGE_FIELDS = ("message", "edited_message", "channel_post", "edited_channel_post", "business_message")
+_MESSAGE_FIELDS = (
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_message",
+    "edited_business_message",
+)
 # Update fields whose value carries the acting user in "from".
 _FROM_FIELDS = (
     *_MESSAGE_FIELDS,
@@ -27,7 +34,16 @@ _FROM_FIELDS = (
     "message_reaction",
 )
 # Update fields whose value names a chat directly.
-_CHAT_FIELDS = ("my_chat_member", "chat_member", "chat_join_request", "message_reaction", "chat_boost")
+_CHAT_FIELDS = (
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "message_reaction",
+    "message_reaction_count",
+    "chat_boost",
+    "removed_chat_boost",
+    "deleted_business_messages",
+)
 
 
 class SessionHolder(Protocol):

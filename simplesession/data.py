@@ -55,9 +55,13 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
-def decode(raw: bytes) -> Any:
-    """The value of UTF-8 JSON text (raises ``ValueError`` if it is not)."""
-    return json.loads(raw)
+def decode(raw: bytes | str) -> Any:
+    """The value of JSON text; ``ValueError`` if it is not strict JSON (NaN, say)."""
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class _Refused(Exception):

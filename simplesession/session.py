@@ -114,15 +114,17 @@ class _Fragment:
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
         """The storage key for ``ctx``, or ``None`` and why there is none."""
+        update_id = ctx.update.get("update_id")
+        update = f"this {ctx.kind} update" if update_id is None else f"update {update_id} ({ctx.kind})"
         if self.get_session_key is None:
             key = chat_key(ctx)
             why = (
-                f"update {ctx.update.get('update_id')} ({ctx.kind}) belongs to no chat, so it has no "
-                "session key; pass get_session_key= to key sessions by something else"
+                f"{update} belongs to no chat, so it has no session key; "
+                "pass get_session_key= to key sessions by something else"
             )
         else:
             key = self.get_session_key(ctx)
-            why = f"get_session_key returned None for update {ctx.update.get('update_id')} ({ctx.kind})"
+            why = f"get_session_key returned None for {update}"
             if key is not None and not isinstance(key, str):
                 raise SessionKeyError(
                     f"get_session_key must return a str or None, not {type(key).__name__} {key!r}; wrap it in str()"

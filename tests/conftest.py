@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redisserver import redis_server
 
-from simplesession import FileStorage, MemoryStorage, Storage
+from simplesession import FileStorage, MemoryStorage, RedisStorage, Storage
 
 
 @pytest.fixture(autouse=True)
@@ -17,10 +20,31 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     monkeypatch.setenv("HOME", str(home))
 
 
-STORAGES = ["memory", "file", "file-nocache"]
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server for the whole test session: $SIMPLESESSION_TEST_REDIS_URL, or one started here."""
+    with redis_server() as url:
+        yield url
 
 
-def make_storage(kind: str, directory: Path) -> Storage:
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on the test server; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"simplesession-test:{uuid.uuid4().hex}:"  # no glob characters, so it can be a pattern
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        for name in list(client.scan_iter(match=prefix + "*", count=1000)):
+            client.delete(name)
+
+
+STORAGES = ["memory", "file", "file-nocache", "redis"]
+
+
+def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest) -> Storage:
+    if kind == "redis":
+        return RedisStorage(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
     if kind == "memory":
         return MemoryStorage()
     if kind == "file":
@@ -33,4 +57,4 @@ def make_storage(kind: str, directory: Path) -> Storage:
 @pytest.fixture(params=STORAGES)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """Every storage adapter, each on its own empty place."""
-    return make_storage(request.param, tmp_path / "sessions")
+    return make_storage(request.param, tmp_path / "sessions", request)

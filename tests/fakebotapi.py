@@ -12,6 +12,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["FakeBotAPI"]
 
@@ -204,18 +205,26 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
+    # Parameters come as the Bot API takes them: a JSON body, a form body or the query
+    # string (pyTelegramBotAPI sends them in the query string, even with POST).
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            self._serve({**self._query(), **dict(parse_qsl(body.decode()))})
+            return
         try:
             params = json.loads(body) if body else {}
         except ValueError:
             self._reply(400, {"ok": False, "error_code": 400, "description": "Bad Request: body is not JSON"})
             return
-        self._serve(params if isinstance(params, dict) else {})
+        self._serve({**self._query(), **(params if isinstance(params, dict) else {})})
 
     def do_GET(self) -> None:
-        self._serve({})
+        self._serve(self._query())
+
+    def _query(self) -> dict[str, Any]:
+        return dict(parse_qsl(urlsplit(self.path).query))
 
     def _serve(self, params: dict[str, Any]) -> None:
         # Paths look like /bot<token>/<method>.
@@ -231,11 +240,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, answer: dict[str, Any] | str) -> None:
         body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a bot process that was stopped): nobody to answer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean

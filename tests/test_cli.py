@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from simplesession import FileStorage
+from simplesession import FileStorage, RedisStorage
 from simplesession.cli import format_duration, parse_duration
 
 LONG_KEY = "x" * 300  # stored under a hashed file name
@@ -519,3 +520,90 @@ def test_progress_of_import_shows_on_a_terminal(folder: Path, tmp_path: Path) ->
     assert status == 0, terminal
     assert f"importing {len(SESSIONS)}/{len(SESSIONS)}" in terminal
     assert f"imported {len(SESSIONS)} sessions" in stdout
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+def assert_redis_holds_exactly(storage: RedisStorage, sessions: dict[str, tuple[Any, int | float | None]]) -> None:
+    assert sorted(storage.keys()) == sorted(sessions)
+    for key, (value, version) in sessions.items():
+        found = storage.read_versioned(key)
+        assert found == (value, version), key
+        assert type(found[1]) is type(version), key
+
+
+def test_files_move_to_redis_through_export_piped_into_import(folder: Path, redis_url: str, redis_prefix: str) -> None:
+    command = [sys.executable, "-m", "simplesession"]
+    export = subprocess.Popen([*command, "--dir", str(folder), "export"], stdout=subprocess.PIPE, env=os.environ.copy())
+    assert export.stdout is not None
+    try:
+        imported = subprocess.run(
+            [*command, "--redis", redis_url, "--prefix", redis_prefix, "import"],
+            stdin=export.stdout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ.copy(),
+            check=False,
+        )
+        export.stdout.close()
+        assert export.wait(60) == 0
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait(10)
+    assert imported.returncode == 0, imported.stderr
+    assert f"imported {len(SESSIONS)} sessions into redis://" in imported.stdout
+    assert_redis_holds_exactly(RedisStorage(redis_url, prefix=redis_prefix), SESSIONS)
+
+
+def test_every_command_works_on_redis(redis_url: str, redis_prefix: str) -> None:
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    for key, (value, version) in SESSIONS.items():
+        storage.write(key, value, version=version)
+    on_redis = ("--redis", redis_url, "--prefix", redis_prefix)
+
+    assert cli(*on_redis, "ls").stdout.splitlines() == sorted(SESSIONS)
+    rows = [line.split("\t") for line in cli(*on_redis, "ls", "-l").stdout.splitlines()]
+    assert [row[0] for row in rows] == sorted(SESSIONS)
+    assert all(row[1].isdigit() and row[2] == "-" for row in rows)  # no ttl: no expiry
+    shown = cli(*on_redis, "show", "chat:-100")
+    assert json.loads(shown.stdout) == SESSIONS["chat:-100"][0]
+    figures = json.loads(cli(*on_redis, "stats", "--json").stdout)
+    assert figures["sessions"] == len(SESSIONS)
+    assert figures["bytes"] > 0
+    assert figures["prefix"] == redis_prefix
+    swept = cli(*on_redis, "sweep", "--ttl", "30d")
+    assert swept.returncode == 0, swept.stderr
+    assert "Redis expires idle sessions itself" in swept.stdout
+    assert sorted(storage.keys()) == sorted(SESSIONS)
+    exported = cli(*on_redis, "export")
+    assert [json.loads(line)["key"] for line in exported.stdout.splitlines()] == sorted(SESSIONS)
+    removed = cli(*on_redis, "rm", "42", "nobody")
+    assert_one_error_line(removed, "'nobody'")
+    assert sorted(storage.keys()) == sorted(set(SESSIONS) - {"42"})
+
+
+def test_redis_with_dir_or_app_is_a_usage_error(folder: Path, redis_url: str) -> None:
+    for other in (["--dir", str(folder)], ["--app", "mybot"]):
+        result = cli("--redis", redis_url, *other, "ls")
+        assert result.returncode == 2
+        assert "not allowed with" in result.stderr
+    result = cli("--dir", str(folder), "--prefix", "x:", "ls")
+    assert result.returncode == 2
+    assert "--prefix" in result.stderr
+
+
+def test_path_on_redis_fails_with_one_line(redis_url: str) -> None:
+    assert_one_error_line(cli("--redis", redis_url, "path", "42"), "path has no meaning for Redis")
+
+
+def test_unreachable_redis_fails_with_one_line_and_no_traceback() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    for command in (["ls"], ["show", "42"], ["rm", "42"], ["stats"], ["export"]):
+        assert_one_error_line(cli("--redis", url, *command), f"127.0.0.1:{port}", "Connection refused")
+    assert_one_error_line(cli("--redis", url, "import", stdin='{"key": "a", "data": 1}\n'), f"127.0.0.1:{port}")

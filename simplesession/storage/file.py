@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
-import math
 import os
 import re
 import time
@@ -24,14 +22,13 @@ from ..cache import LRUCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
 from .base import Storage, SweepReport, Version, ttl_seconds
+from .document import BadDocument, decode_document, encode_document
 from .locks import KeyLock, file_stripe
 
-__all__ = ["FORMAT", "FileStorage", "StorageStats", "default_directory"]
+__all__ = ["FileStorage", "StorageStats", "default_directory"]
 
 _log = logging.getLogger(__name__)
 
-FORMAT = 1
-"""The file format version written in every session file as ``"format"``."""
 
 LOCK_STRIPES = 1024
 SHARDS = 256
@@ -89,20 +86,6 @@ class StorageStats:
     temp_files: int = 0
     corrupt_files: int = 0
     lock_files: int = 0
-
-
-def _is_version(version: object) -> bool:
-    return type(version) in (int, float) and math.isfinite(version)  # type: ignore[arg-type]
-
-
-def _check_version(version: object) -> Version:
-    if not _is_version(version):
-        raise TypeError(f"a session version is an int or a finite float, not {type(version).__name__} {version!r}")
-    return version  # type: ignore[return-value]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def default_directory(app_name: str = "simplesession") -> Path:
@@ -187,10 +170,8 @@ class FileStorage(Storage):
             self.delete(key)
             return
         shard, name = encode_key(key)
-        doc = {"format": FORMAT, "key": key, "data": value}
-        if version is not None:
-            doc["version"] = _check_version(version)
-        stamp = self._replace(key, os.path.join(self._dir, shard), name, data.encode(doc) + b"\n")
+        raw = encode_document(key, value, version)
+        stamp = self._replace(key, os.path.join(self._dir, shard), name, raw)
         self._cache.put(key, _Entry(stamp, value, version))
 
     def delete(self, key: str) -> None:
@@ -380,7 +361,7 @@ class FileStorage(Storage):
             if (st.st_ino, st.st_mtime_ns, st.st_size) == cached.stamp:
                 return self._fresh(key, path, cached)
         try:
-            stamp, doc = self._read_file(path, key)
+            stamp, (_, value, version) = self._read_file(path, key)
         except FileNotFoundError:
             self._cache.discard(key)
             return None
@@ -388,8 +369,7 @@ class FileStorage(Storage):
             self._cache.discard(key)
             self._move_aside(key, path, str(exc))
             return None
-        version = doc.get("version")
-        entry = _Entry(stamp, doc["data"], version if _is_version(version) else None)
+        entry = _Entry(stamp, value, version)
         self._cache.put(key, entry)
         return self._fresh(key, path, entry)
 
@@ -419,8 +399,10 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return True
 
-    def _read_file(self, path: str, key: str | None = None) -> tuple[tuple[int, int, int], dict[str, Any]]:
-        """The stamp and decoded document of one session file (of ``key``, if given).
+    def _read_file(
+        self, path: str, key: str | None = None
+    ) -> tuple[tuple[int, int, int], tuple[str, Any, Version | None]]:
+        """The stamp and ``(key, data, version)`` of one session file (of ``key``, if given).
 
         Raises ``FileNotFoundError``, :class:`_Corrupt` for bytes that are not a session
         file (or cannot be read), and :class:`StorageError` for trouble that is not the
@@ -447,26 +429,19 @@ class FileStorage(Storage):
         finally:
             os.close(fd)
         try:
-            doc = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            reason = "it is empty" if not raw else f"it is not JSON ({exc})"
-            raise _Corrupt(reason) from None
-        if not (type(doc) is dict and doc.get("format") == FORMAT and type(doc.get("key")) is str and "data" in doc):
-            raise _Corrupt("it is JSON but not a simplesession file")
-        if key is not None and doc["key"] != key:
-            raise _Corrupt(f"it holds the session of {doc['key']!r}, not of {key!r}")
-        return (st.st_ino, st.st_mtime_ns, st.st_size), doc
+            return (st.st_ino, st.st_mtime_ns, st.st_size), decode_document(raw, key)
+        except BadDocument as exc:
+            raise _Corrupt(str(exc)) from None
 
     def _key_of_hashed(self, folder: str, name: str) -> str | None:
         path = os.path.join(folder, name)
         try:
-            _, doc = self._read_file(path)
+            _, (key, _, _) = self._read_file(path)
         except FileNotFoundError:
             return None
         except _Corrupt as exc:
             self._move_aside(None, path, f"the file is corrupt: {exc}")
             return None
-        key: str = doc["key"]
         return key if os.path.join(self._dir, *encode_key(key)) == path else None
 
     def _move_aside(self, key: str | None, path: str, reason: str) -> None:

@@ -1,0 +1,58 @@
+"""The stored form of one session, shared by the file and Redis storages.
+
+A UTF-8 JSON object: ``{"format": 1, "key": ..., "version": ..., "data": ...}``, with
+``version`` only when there is one. It names its key, so that a value can be checked
+against the key it was read for, and a file can be listed without a name to decode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import data
+from .base import Version
+
+__all__ = ["FORMAT", "BadDocument", "check_version", "decode_document", "encode_document"]
+
+FORMAT = 1
+"""The format version written in every document as ``"format"``."""
+
+
+class BadDocument(ValueError):
+    """The bytes are not a session document (of the expected key); ``str()`` says why."""
+
+
+def check_version(version: object) -> Version:
+    """``version`` if it is a session version (an int or a finite float), else ``TypeError``."""
+    if type(version) not in (int, float) or not math.isfinite(version):  # type: ignore[arg-type]
+        raise TypeError(f"a session version is an int or a finite float, not {type(version).__name__} {version!r}")
+    return version  # type: ignore[return-value]
+
+
+def encode_document(key: str, value: Any, version: Version | None) -> bytes:
+    """The document of ``value``, which :func:`simplesession.data.check_copy` accepted."""
+    doc: dict[str, Any] = {"format": FORMAT, "key": key, "data": value}
+    if version is not None:
+        doc["version"] = check_version(version)
+    return data.encode(doc) + b"\n"
+
+
+def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:
+    """``(key, data, version)`` of a document (whose key must be ``key``, if given)."""
+    try:
+        doc = data.decode(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadDocument("it is empty" if not raw else f"it is not JSON ({exc})") from None
+    if not (type(doc) is dict and doc.get("format") == FORMAT and type(doc.get("key")) is str):
+        raise BadDocument("it is JSON but not a simplesession document")
+    if doc.get("data") is None:
+        raise BadDocument("it has no data")
+    if key is not None and doc["key"] != key:
+        raise BadDocument(f"it holds the session of {doc['key']!r}, not of {key!r}")
+    version = doc.get("version")
+    try:
+        version = None if version is None else check_version(version)
+    except TypeError as exc:
+        raise BadDocument(str(exc)) from None
+    return doc["key"], doc["data"], version

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +52,7 @@ class _Fragment:
     """The options of one session (of one fragment, for multi sessions)."""
 
     __slots__ = (
+        "fast",
         "get_session_key",
         "initial",
         "latest",
@@ -111,6 +112,7 @@ class _Fragment:
         self.validate = validate
         self.max_size = max_size
         self.lazy = bool(lazy)
+        self.fast = _has_fast_path(self.storage)
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
         """The storage key for ``ctx``, or ``None`` and why there is none."""
@@ -131,11 +133,24 @@ class _Fragment:
                 )
         return (None, why) if key is None else (self.prefix + key, "")
 
-    def read(self, key: str) -> tuple[Any, Version | None] | None:
+    def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:
+        """``(value, version, its JSON if the storage knows it)``, or ``None``."""
+        if self.fast:
+            return self.storage._read_for_session(key)  # type: ignore[attr-defined,no-any-return]
         if self.migrations:
-            return self.storage.read_versioned(key)  # type: ignore[attr-defined,no-any-return]
+            got = self.storage.read_versioned(key)  # type: ignore[attr-defined]
+            return None if got is None else (*got, None)
         value = self.storage.read(key)
-        return None if value is None else (value, None)
+        return None if value is None else (value, None, None)
+
+    def write(self, key: str, value: Any, raw: bytes) -> None:
+        """Store ``value``, a private checked copy whose JSON is ``raw``, at the newest version."""
+        if self.fast:
+            self.storage._write_for_session(key, value, raw, self.latest)  # type: ignore[attr-defined]
+        elif self.latest is not None:
+            self.storage.write(key, value, version=self.latest)  # type: ignore[call-arg]
+        else:
+            self.storage.write(key, value)
 
     def migrate(self, key: str, value: Any, version: Version | None) -> Any:
         """``value`` (stored at ``version``, ``None`` being the oldest) brought up to date."""
@@ -171,6 +186,17 @@ class _Fragment:
             )
         if len(raw) > self.max_size // 2:
             _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
+
+
+def _has_fast_path(storage: object) -> bool:
+    # The built-in storages hand the middleware their stored JSON and take its checked
+    # copy, which spares encoding and checking each session twice. A subclass that
+    # overrides read or write (to migrate, say) must be called through them instead.
+    cls = type(storage)
+    owner = next((c for c in cls.__mro__ if "_read_for_session" in c.__dict__), None)
+    return owner is not None and all(
+        getattr(cls, name) is owner.__dict__[name] for name in ("read", "read_versioned", "write")
+    )
 
 
 def _storage_with_ttl(where: str, storage: SessionStorage | None, ttl: float | None) -> SessionStorage:
@@ -239,9 +265,9 @@ class _Slot:
         self._run.lock()
         fragment, key = self.fragment, self.key
         got = fragment.read(key)
-        value, self._version = (None, None) if got is None else got
+        value, self._version, raw = (None, None, None) if got is None else got
         self._stored = got is not None
-        self._baseline = _dumps(value)
+        self._baseline = raw if raw is not None else _dumps(value)
         if got is not None and fragment.migrations:
             value = fragment.migrate(key, value, self._version)
         if got is not None and fragment.validate is not None:
@@ -279,10 +305,7 @@ class _Slot:
         if raw == self._baseline and self._version == fragment.latest:
             return None
         fragment.check_size(key, raw)
-        if fragment.latest is None:
-            return lambda: storage.write(key, value)
-        latest = fragment.latest
-        return lambda: storage.write(key, value, version=latest)  # type: ignore[call-arg]
+        return lambda: fragment.write(key, value, raw)
 
 
 def _dumps(value: Any) -> bytes | None:
@@ -309,9 +332,9 @@ def _set_aside(storage: SessionStorage, key: str, reason: str) -> None:
 class _Run:
     """The sessions of one update, and the locks that guard them until write-back."""
 
-    def __init__(self, slots: Mapping[str | None, _Slot] | None = None) -> None:
-        self.slots: dict[str | None, _Slot] = dict(slots or {})
-        self._locks = ExitStack()
+    def __init__(self) -> None:
+        self.slots: dict[str | None, _Slot] = {}
+        self._held: list[AbstractContextManager[object]] = []
         self._locked = False
 
     def lock(self) -> None:
@@ -326,16 +349,20 @@ class _Run:
             if lock is not None:
                 name = getattr(lock, "name", None) or f"{id(slot.fragment.storage):x}:{slot.key}"
                 locks.setdefault(name, lock)
-        for name in sorted(locks):
-            self._locks.enter_context(locks[name])
+        for name in sorted(locks) if len(locks) > 1 else locks:
+            locks[name].__enter__()
+            self._held.append(locks[name])
 
     def finish(self, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``), then release the locks."""
-        with self._locks:
+        try:
             if not failed:
                 writes = [w for w in (slot.change() for slot in self.slots.values()) if w is not None]
                 for write in writes:
                     write()
+        finally:
+            while self._held:
+                self._held.pop().__exit__(None, None, None)
 
 
 class _SingleHolder:

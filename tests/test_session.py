@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -585,3 +586,40 @@ def test_corrupt_session_file_gives_a_fresh_session_and_keeps_the_bytes(
     (kept,) = (tmp_path / "corrupt").iterdir()
     assert kept.read_bytes() == b'{"format": 1, "key": "42", "data": {"count": 5'
     assert any(r.levelno == logging.ERROR and "corrupt" in r.getMessage() for r in caplog.records)
+
+
+# -- the built-in storages' direct way in ---------------------------------------------
+
+
+def test_file_storage_through_the_middleware_writes_only_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path)
+    mw = session(initial=lambda: {"count": 0}, storage=storage)
+    replaced: list[str] = []
+    real_replace = os.replace
+
+    def spy_replace(src: str, dst: str) -> None:
+        replaced.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    run(mw, message(), bump)
+    run(mw, message(), lambda ctx: ctx.session["count"])
+    run(mw, message(), lambda ctx: ctx.session)
+    run(mw, message(), bump)
+    assert replaced == [str(storage.path("42"))] * 2
+    assert FileStorage(tmp_path, cache_size=0).read("42") == {"count": 2}
+
+
+def test_a_storage_subclass_that_overrides_read_is_honoured(tmp_path: Path) -> None:
+    class Upgrading(FileStorage):
+        def read(self, key: str) -> Any | None:
+            old = super().read(key)
+            return {**old, "premium": False} if old is not None and "premium" not in old else old
+
+    storage = Upgrading(tmp_path)
+    FileStorage(tmp_path).write("42", {"count": 1})
+    ctx = run(session(initial=lambda: {"count": 0, "premium": False}, storage=storage), message(), bump)
+    assert ctx.session == {"count": 2, "premium": False}
+    assert FileStorage(tmp_path).read("42") == {"count": 2, "premium": False}

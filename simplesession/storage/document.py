@@ -7,13 +7,14 @@ against the key it was read for, and a file can be listed without a name to deco
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 from .. import data
 from .base import Version
 
-__all__ = ["FORMAT", "BadDocument", "check_version", "decode_document", "encode_document"]
+__all__ = ["FORMAT", "BadDocument", "check_version", "decode_document", "document_of", "encode_document"]
 
 FORMAT = 1
 """The format version written in every document as ``"format"``."""
@@ -32,10 +33,20 @@ def check_version(version: object) -> Version:
 
 def encode_document(key: str, value: Any, version: Version | None) -> bytes:
     """The document of ``value``, which :func:`simplesession.data.check_copy` accepted."""
-    doc: dict[str, Any] = {"format": FORMAT, "key": key, "data": value}
-    if version is not None:
-        doc["version"] = check_version(version)
-    return data.encode(doc) + b"\n"
+    return document_of(key, data.encode(value), version)
+
+
+def document_of(key: str, raw: bytes, version: Version | None) -> bytes:
+    """The document of a value whose JSON is ``raw`` (so that it is not encoded twice)."""
+    tail = b',"data":' + raw + b"}\n"
+    if version is None:
+        return _head(key) + tail
+    return _head(key) + b',"version":' + data.encode(check_version(version)) + tail
+
+
+@functools.lru_cache(maxsize=4096)
+def _head(key: str) -> bytes:
+    return b'{"format":%d,"key":%s' % (FORMAT, data.encode(key))
 
 
 def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:

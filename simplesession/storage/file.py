@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -22,7 +23,7 @@ from ..cache import LRUCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
 from .base import Storage, SweepReport, Version, ttl_seconds
-from .document import BadDocument, decode_document, encode_document
+from .document import BadDocument, decode_document, document_of
 from .locks import KeyLock, file_stripe
 
 __all__ = ["FileStorage", "StorageStats", "default_directory"]
@@ -56,10 +57,27 @@ _temp_names = itertools.count()
 
 class _Entry(NamedTuple):
     # What the front cache holds for a key. The stamp identifies one version of the file:
-    # every write makes a new inode and gives it a nanosecond mtime of its own.
+    # every write makes a new inode and gives it a nanosecond mtime of its own. ``raw`` is
+    # the value's JSON once known, which spares the middleware encoding it again.
     stamp: tuple[int, int, int]
     value: Any
     version: Version | None
+    raw: bytes | None
+
+
+def _locate(directory: str, key: str) -> tuple[str, str, str]:
+    """The shard folder, file and lock file of ``key``: worked out once per hot key."""
+    if type(key) is not str:
+        key_bytes(key)  # raises, saying what a key must be
+    return _locate_str(directory, key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _locate_str(directory: str, key: str) -> tuple[str, str, str]:
+    shard, name = encode_key(key)
+    stripe = (zlib.crc32(key_bytes(key)) >> 8) % LOCK_STRIPES
+    folder = f"{directory}{os.sep}{shard}"
+    return folder, f"{folder}{os.sep}{name}", f"{directory}{os.sep}{LOCK_DIR}{os.sep}{stripe:03x}.lock"
 
 
 class _Corrupt(Exception):
@@ -168,16 +186,11 @@ class FileStorage(Storage):
         value = data.check_copy(value, key)
         if value is None:
             self.delete(key)
-            return
-        shard, name = encode_key(key)
-        raw = encode_document(key, value, version)
-        stamp = self._replace(key, os.path.join(self._dir, shard), name, raw)
-        self._cache.put(key, _Entry(stamp, value, version))
+        else:
+            self._write_for_session(key, value, data.encode(value), version)
 
     def delete(self, key: str) -> None:
-        shard, name = encode_key(key)
-        folder = os.path.join(self._dir, shard)
-        path = os.path.join(folder, name)
+        folder, path, _ = _locate(self._dir, key)
         self._cache.discard(key)
         try:
             os.unlink(path)
@@ -212,6 +225,25 @@ class FileStorage(Storage):
 
     def lock(self, key: str) -> KeyLock:
         return self._lock(key, self.lock_timeout)
+
+    # The session middleware's way in: it has checked and encoded the value already, and
+    # wants the stored JSON to tell whether a handler changed anything.
+
+    def _read_for_session(self, key: str) -> tuple[Any, Version | None, bytes] | None:
+        entry = self._load(key)
+        if entry is None:
+            return None
+        if entry.raw is None:
+            entry = entry._replace(raw=data.encode(entry.value))
+            self._cache.put(key, entry)
+        assert entry.raw is not None
+        return data.copy(entry.value), entry.version, entry.raw
+
+    def _write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+        """Store ``value``, a private checked copy whose JSON is ``raw``."""
+        folder, path, _ = _locate(self._dir, key)
+        stamp = self._replace(key, folder, path, document_of(key, raw, version))
+        self._cache.put(key, _Entry(stamp, value, version, raw))
 
     def set_aside(self, key: str, reason: str) -> str | None:
         path = self._path(key)
@@ -334,18 +366,16 @@ class FileStorage(Storage):
         return report
 
     def _lock(self, key: str, timeout: float | None) -> KeyLock:
-        raw = key_bytes(key)
-        stripe = (zlib.crc32(raw) >> 8) % LOCK_STRIPES
+        lock_path = _locate(self._dir, key)[2]
         if not self._lock_dir_ready:
             self._make_folder(self._lock_dir, key)
             self._lock_dir_ready = True
-        return KeyLock(file_stripe(os.path.join(self._lock_dir, f"{stripe:03x}.lock")), key, timeout)
+        return KeyLock(file_stripe(lock_path), key, timeout)
 
     # -- reading -----------------------------------------------------------------------
 
     def _path(self, key: str) -> str:
-        shard, name = encode_key(key)
-        return os.path.join(self._dir, shard, name)
+        return _locate(self._dir, key)[1]
 
     def _load(self, key: str) -> _Entry | None:
         path = self._path(key)
@@ -369,7 +399,7 @@ class FileStorage(Storage):
             self._cache.discard(key)
             self._move_aside(key, path, str(exc))
             return None
-        entry = _Entry(stamp, value, version)
+        entry = _Entry(stamp, value, version, None)
         self._cache.put(key, entry)
         return self._fresh(key, path, entry)
 
@@ -486,10 +516,9 @@ class FileStorage(Storage):
 
     # -- writing -----------------------------------------------------------------------
 
-    def _replace(self, key: str, folder: str, name: str, raw: bytes) -> tuple[int, int, int]:
-        """Atomically make ``folder/name`` hold ``raw``; return the new file's stamp."""
-        path = os.path.join(folder, name)
-        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_names)}")
+    def _replace(self, key: str, folder: str, path: str, raw: bytes) -> tuple[int, int, int]:
+        """Atomically make ``path`` (in ``folder``) hold ``raw``; return the new file's stamp."""
+        temp = f"{folder}{os.sep}{TEMP_PREFIX}{os.getpid()}-{next(_temp_names)}"
         try:
             try:
                 fd = os.open(temp, _CREATE_FLAGS, 0o600)

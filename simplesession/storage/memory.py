@@ -21,6 +21,7 @@ _log = logging.getLogger(__name__)
 
 class _Item(NamedTuple):
     value: Any
+    raw: bytes  # the value's JSON, for the session middleware
     version: Version | None
     used: float  # time.monotonic() of the last read or write
 
@@ -64,11 +65,20 @@ class MemoryStorage(Storage):
     def write(self, key: str, value: Any, *, version: Version | None = None) -> None:
         key_bytes(key)
         value = data.check_copy(value, key)
+        if value is None:
+            self.delete(key)
+        else:
+            self._write_for_session(key, value, data.encode(value), version)
+
+    # The session middleware's way in (see FileStorage).
+
+    def _read_for_session(self, key: str) -> tuple[Any, Version | None, bytes] | None:
+        item = self._get(key)
+        return None if item is None else (data.copy(item.value), item.version, item.raw)
+
+    def _write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         with self._mutex:
-            if value is None:
-                self._items.pop(key, None)
-            else:
-                self._items[key] = _Item(value, version, time.monotonic())
+            self._items[key] = _Item(value, raw, version, time.monotonic())
 
     def delete(self, key: str) -> None:
         key_bytes(key)

@@ -351,6 +351,14 @@ class Bot:
 
     def _run_console(self) -> None:
         source = self._input or sys.stdin
+        if source.isatty():
+            # Someone is typing: say what this is and how to leave (not when input is piped).
+            print(
+                f"simplesession console: you are chat {self.console_chat_id}. Type messages "
+                "(commands start with /); Ctrl-D quits.",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             for update_id in itertools.count(1):
                 if self._stop.is_set():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,28 @@ def test_multi_sessions_example_keeps_user_and_chat_data_apart(tmp_path: Path) -
     storage = FileStorage(tmp_path)
     assert storage.read("user:1") == {"username": "Ann", "language": "en"}
     assert storage.read("chat:1") == {"settings": {"muted": True}}
+
+
+def test_counter_bot_greets_a_person_at_a_terminal(tmp_path: Path) -> None:
+    # With a terminal as stdin the console says how to use it; piped, it stays quiet
+    # (the tests above see only the replies).
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    env["SIMPLESESSION_DIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "counter_bot.py")],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    os.close(slave)
+    try:
+        os.write(master, b"/count\n\x04")  # a line, then Ctrl-D
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert "Ctrl-D quits" in err
+    assert out.splitlines() == ["You have sent 1 commands"]

@@ -351,7 +351,8 @@ class Bot:
 
     def _run_console(self) -> None:
         source = self._input or sys.stdin
-        if source.isatty():
+        isatty = getattr(source, "isatty", None)
+        if isatty is not None and isatty():
             # Someone is typing: say what this is and how to leave (not when input is piped).
             print(
                 f"simplesession console: you are chat {self.console_chat_id}. Type messages "

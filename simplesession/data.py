@@ -16,7 +16,12 @@ from .errors import SessionDataError
 
 __all__ = ["check_copy", "copy", "decode", "encode"]
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = (bool, type(None))
+_CONTAINERS = (dict, list)
+MAX_DEPTH = 256
+"""How deeply dicts and lists may nest in a session: a fixed limit, so that what one caller
+could store, any other can read back, however deep its own stack."""
+_BIG_INT_BITS = 13_000  # ints shorter than this print in fewer than 4,000 digits
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -25,23 +30,24 @@ def copy(value: Any) -> Any:
     """A deep copy of JSON data, much cheaper than :func:`copy.deepcopy`."""
     cls = type(value)
     if cls is dict:
-        return {k: copy(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            out[k] = copy(v) if type(v) in _CONTAINERS else v
+        return out
     if cls is list:
-        return [copy(v) for v in value]
+        return [copy(v) if type(v) in _CONTAINERS else v for v in value]
     return value
 
 
 def check_copy(value: Any, key: str | None = None) -> Any:
     """A deep copy of ``value``, or :class:`SessionDataError` naming what is not JSON data."""
-    whose = f"session {key!r}" if key is not None else "a session"
     try:
-        return _check_copy(value)
-    except RecursionError:
-        raise SessionDataError(f"cannot store {whose}: it is nested too deeply", key=key) from None
+        return _check_copy(value, MAX_DEPTH)
     except _Refused:
-        problem = _find_problem(value, "session")
+        problem = _find_problem(value, "session", MAX_DEPTH)
         assert problem is not None
         where, what = problem
+        whose = f"session {key!r}" if key is not None else "a session"
         raise SessionDataError(
             f"cannot store {whose}: {where} {what}; sessions hold only JSON data "
             "(dict with str keys, list, str, int, float, bool, None)",
@@ -68,58 +74,78 @@ class _Refused(Exception):
     pass
 
 
-def _check_copy(value: Any) -> Any:
+def _check_copy(value: Any, depth: int) -> Any:
     cls = type(value)
     if cls is dict:
+        if not depth:
+            raise _Refused
         out = {}
         for k, v in value.items():
-            if type(k) is not str:
+            if type(k) is not str or not (k.isascii() or _is_text(k)):
                 raise _Refused
-            out[k] = _check_copy(v)
+            out[k] = _check_copy(v, depth - 1)
         return out
     if cls is list:
-        return [_check_copy(v) for v in value]
+        if not depth:
+            raise _Refused
+        return [_check_copy(v, depth - 1) for v in value]
     if cls is str:
-        if not value.isascii():
-            _check_text(value)
+        if not (value.isascii() or _is_text(value)):
+            raise _Refused
         return value
-    if cls in _SCALARS:
+    if cls is int:
+        if value.bit_length() > _BIG_INT_BITS and not _is_encodable_int(value):
+            raise _Refused
         return value
-    if cls is float and math.isfinite(value):
+    if cls in _SCALARS or (cls is float and math.isfinite(value)):
         return value
     raise _Refused
 
 
-def _check_text(text: str) -> None:
+def _is_text(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Refused from None
+        return False
+    return True
 
 
-def _find_problem(value: Any, where: str) -> tuple[str, str] | None:
+def _is_encodable_int(number: int) -> bool:
+    # Python refuses to print ints of more than sys.get_int_max_str_digits() digits.
+    try:
+        int.__repr__(number)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_problem(value: Any, where: str, depth: int) -> tuple[str, str] | None:
     # The slow path, run only after _check_copy refused: it walks again to say where.
     cls = type(value)
+    if cls in _CONTAINERS and not depth:
+        return where, f"is nested too deeply (sessions nest at most {MAX_DEPTH} levels)"
     if cls is dict:
         for k, v in value.items():
             if type(k) is not str:
                 return where, f"has a key {k!r} of type {type(k).__name__} (JSON keys are strings)"
-            found = _find_problem(v, f"{where}[{k!r}]")
+            if not _is_text(k):
+                return where, f"has a key {k!r} with a lone surrogate (not valid Unicode)"
+            found = _find_problem(v, f"{where}[{k!r}]", depth - 1)
             if found:
                 return found
         return None
     if cls is list:
         for i, v in enumerate(value):
-            found = _find_problem(v, f"{where}[{i}]")
+            found = _find_problem(v, f"{where}[{i}]", depth - 1)
             if found:
                 return found
         return None
     if cls is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where, "is a string with a lone surrogate (not valid Unicode)"
-        return None
+        return None if _is_text(value) else (where, "is a string with a lone surrogate (not valid Unicode)")
+    if cls is int:
+        if _is_encodable_int(value):
+            return None
+        return where, "is an int too long for Python to print (see sys.set_int_max_str_digits)"
     if cls in _SCALARS:
         return None
     if cls is float:

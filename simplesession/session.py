@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from . import data
 from .context import Context
 from .errors import MigrationError, SessionDataError, SessionKeyError
+from .keys import key_bytes
 from .storage import FileStorage
 from .storage.base import SweepReport, Version, ttl_seconds
 
@@ -131,6 +132,11 @@ class _Fragment:
                 raise SessionKeyError(
                     f"get_session_key must return a str or None, not {type(key).__name__} {key!r}; wrap it in str()"
                 )
+            if key is not None and not key.isascii():
+                try:
+                    key_bytes(key)
+                except ValueError as exc:
+                    raise SessionKeyError(f"get_session_key returned a key no storage can hold: {exc}") from None
         return (None, why) if key is None else (self.prefix + key, "")
 
     def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:

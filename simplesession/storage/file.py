@@ -295,6 +295,8 @@ class FileStorage(Storage):
             entries = list(os.scandir(folder))
         except FileNotFoundError:
             return report
+        except OSError as exc:
+            raise self._error("sweep", None, folder, exc) from exc
         now = time.time_ns()
         for entry in entries:
             name = entry.name
@@ -314,6 +316,8 @@ class FileStorage(Storage):
                     continue
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
+            except OSError as exc:
+                raise self._error("sweep", None, entry.path, exc) from exc
             key = key_from_name(name) if name.startswith("k") else None
             if key is None and is_hashed_name(name):
                 key = self._key_of_hashed(folder, name)
@@ -343,6 +347,10 @@ class FileStorage(Storage):
             return None
         except FileNotFoundError:
             return 0
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise self._error("remove the idle", key, path, exc) from exc
 
     def _sweep_locks(self, dry_run: bool) -> SweepReport:
         # Lock files of the current stripes are permanent (a lock dies with its process, so
@@ -525,6 +533,8 @@ class FileStorage(Storage):
             except FileNotFoundError:
                 self._make_folder(folder, key)
                 fd = os.open(temp, _CREATE_FLAGS, 0o600)
+        except StorageError:
+            raise  # from _make_folder, which said what failed
         except FileExistsError:
             # Left by an earlier process that had our pid; a fresh name will do.
             temp = os.path.join(folder, f"{TEMP_PREFIX}{os.urandom(8).hex()}")
@@ -555,7 +565,7 @@ class FileStorage(Storage):
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 raise self._error("write", key, path, exc) from exc
             raise
         if self.fsync:
@@ -576,6 +586,8 @@ class FileStorage(Storage):
                     continue
                 if self.fsync:
                     self._sync_folder(os.path.dirname(path), key)
+        except StorageError:
+            raise  # from _sync_folder, which said what failed
         except OSError as exc:
             raise self._error("create the folder for", key, folder, exc) from exc
 

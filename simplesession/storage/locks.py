@@ -16,6 +16,7 @@ general machinery costs tens.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ from types import TracebackType
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from ..errors import LockTimeout
+from ..errors import LockTimeout, StorageError
 
 __all__ = ["KeyLock", "MemoryKeyLocks", "file_stripe"]
 
@@ -35,6 +36,7 @@ _log = logging.getLogger(__name__)
 _FIRST_POLL = 0.0005
 _LAST_POLL = 0.01
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 class KeyLock:
@@ -90,7 +92,7 @@ class _Stripe:
         assert self.path is not None
         # Opened for each hold rather than kept: a bot touching every stripe would otherwise
         # keep a thousand descriptors open.
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        fd = self._open(key)
         try:
             poll = _FIRST_POLL
             while not lock_descriptor(fd, blocking=False):
@@ -103,6 +105,28 @@ class _Stripe:
             os.close(fd)
             raise
         return fd
+
+    def _open(self, key: str) -> int:
+        assert self.path is not None
+        try:
+            return os.open(self.path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            error = exc
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            # A lock works on a descriptor opened for reading too: in a read-only folder,
+            # updates that only read go on.
+            try:
+                return os.open(self.path, _READ_FLAGS)
+            except OSError:
+                pass
+        wrapped = StorageError(
+            f"cannot open the lock file {self.path} of session {key!r}: {error.strerror or error}; "
+            "check that the sessions folder exists and is writable",
+            key=key,
+            path=self.path,
+        )
+        wrapped.errno = error.errno
+        raise wrapped from error
 
     def release(self, key: str) -> None:
         self._depth -= 1

@@ -1,0 +1,230 @@
+"""Soak: six bot processes and a sweeper on one storage, for a bounded time, checked against a model.
+
+Each bot process runs ``Bot.handle_update`` with ``session()`` on random commands for 50
+chats: ``inc`` (count + 1), ``append`` (keeps the last five event ids), ``reset``
+(``ctx.session = None``) and ``read`` (changes nothing). Every reply is a JSON line in the
+process's log: the event's id, the id of the last event whose write it saw (``seen``), and
+the session it left. There is no global clock; the per-chat history is rebuilt from the
+``seen`` links alone, since the lock serialises each chat's updates:
+
+- every mutating event saw the result of exactly one earlier write, or a fresh session;
+  no write is seen by two mutating events (that would be a lost update);
+- each write's result follows from the state it saw (count + 1, the items list, ...), so
+  the counts after each reset run 1, 2, ..., k with no gaps or duplicates;
+- reads saw a state some write produced (or a fresh one), never a torn one;
+- at most one write per chat was never followed (the last one), and the stored session
+  is exactly its result; if every write was followed by a reset, nothing is stored.
+
+On files a seventh process sweeps all the while with a ttl that live chats never reach,
+and pre-aged dead sessions must all be gone at the end. ``SIMPLESESSION_SOAK_SECONDS``
+sets how long the bots run (default a few seconds per storage); ``-m soak`` selects it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simplesession import FileStorage, RedisStorage, Storage
+from simplesession.storage.file import DEBRIS_AGE, TEMP_PREFIX
+
+pytestmark = [pytest.mark.soak, pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes")]
+
+SECONDS = float(os.environ.get("SIMPLESESSION_SOAK_SECONDS", "5"))
+BOTS = 6
+CHATS = 50
+DEAD = 40
+TTL = 3600
+ITEMS_KEPT = 5
+INITIAL: dict[str, Any] = {"count": 0, "items": [], "last": None}
+
+BOT = """
+    import copy, json, random, sys, time
+    from simplesession import Bot, FileStorage, RedisStorage, session
+
+    kind, where, prefix, index, seconds, log, config = sys.argv[1:8]
+    index, seconds, config = int(index), float(seconds), json.loads(config)
+    if kind == "file":
+        # Half the bots keep a cache, half read the files every time; all sweep by themselves too.
+        storage = FileStorage(where, cache_size=1024 if index % 2 else 0, ttl=config["ttl"])
+        sweep_interval = 0.5
+    else:
+        storage = RedisStorage(where, prefix=prefix)
+        sweep_interval = None
+    output = open(log, "w", encoding="utf-8")
+    bot = Bot(output=output)
+    bot.use(session(initial=lambda: copy.deepcopy(config["initial"]), storage=storage, sweep_interval=sweep_interval))
+    event = None
+
+    @bot.on("message:text")
+    def handle(ctx):
+        op, state = ctx.text, ctx.session
+        seen = state["last"]
+        if op == "inc":
+            state["count"] += 1
+            state["last"] = event
+        elif op == "append":
+            state["items"] = [*state["items"], event][-config["kept"]:]
+            state["last"] = event
+        elif op == "reset":
+            ctx.session = None
+        reply = {"chat": ctx.chat_id, "op": op, "id": event, "seen": seen}
+        if op != "reset":
+            reply.update(count=state["count"], items=state["items"])
+        ctx.reply(json.dumps(reply))
+
+    rng = random.Random(index)
+    ops = ["inc"] * 8 + ["append"] * 5 + ["read"] * 5 + ["reset"] * 2
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        event = f"{index}-{n}"
+        message = {"message_id": n, "chat": {"id": rng.randrange(config["chats"])}, "text": rng.choice(ops)}
+        bot.handle_update({"update_id": n, "message": message})
+    output.close()
+"""
+CONFIG = json.dumps({"ttl": TTL, "initial": INITIAL, "kept": ITEMS_KEPT, "chats": CHATS})
+
+SWEEPER = """
+    import json, sys, time
+    from simplesession import FileStorage
+
+    storage = FileStorage(sys.argv[1])
+    deadline, ttl = time.monotonic() + float(sys.argv[2]), float(sys.argv[3])
+    passes = removed = in_use = 0
+    while time.monotonic() < deadline:
+        report = storage.sweep(ttl=ttl)
+        passes += 1
+        removed += report.removed
+        in_use += report.in_use
+    print(json.dumps({"passes": passes, "removed": removed, "in_use": in_use}))
+"""
+
+
+def start(code: str, *args: str, stdout: Any = subprocess.DEVNULL, stderr: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+
+@pytest.fixture(params=["file", "redis"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, Storage]]:
+    """(kind, where, prefix, a storage to check the result with)."""
+    if request.param == "file":
+        root = tmp_path / "sessions"
+        yield "file", str(root), "", FileStorage(root, cache_size=0)
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        yield "redis", url, prefix, RedisStorage(url, prefix=prefix)
+
+
+def check_chat(chat: int, events: list[dict[str, Any]], stored: Any) -> int:
+    """Check one chat's events against the model (see the module's docstring); its write count."""
+    writes = {e["id"]: e for e in events if e["op"] in ("inc", "append")}
+    mutating = [e for e in events if e["op"] != "read"]
+    successor: dict[str, str] = {}
+    for event in mutating:
+        seen = event["seen"]
+        if seen is None:
+            continue
+        assert seen in writes, f"chat {chat}: {event['id']} saw {seen}, which no write of this chat made"
+        assert seen not in successor, (
+            f"chat {chat}: lost update: {successor[seen]} and {event['id']} both saw the state {seen} left"
+        )
+        successor[seen] = event["id"]
+    for write in writes.values():
+        before = INITIAL if write["seen"] is None else writes[write["seen"]]
+        count, items = before["count"], before["items"]
+        if write["op"] == "inc":
+            count += 1
+        else:
+            items = [*items, write["id"]][-ITEMS_KEPT:]
+        assert (write["count"], write["items"]) == (count, items), f"chat {chat}: {write} after {before}"
+    for read in (e for e in events if e["op"] == "read"):
+        source = INITIAL if read["seen"] is None else writes.get(read["seen"])
+        assert source is not None, f"chat {chat}: read {read['id']} saw {read['seen']}, which no write made"
+        assert (read["count"], read["items"]) == (source["count"], source["items"]), f"chat {chat}: {read}"
+    unfollowed = [w for w in writes.values() if w["id"] not in successor]
+    assert len(unfollowed) <= 1, f"chat {chat}: writes never seen again (lost): {[w['id'] for w in unfollowed][:10]}"
+    if unfollowed:
+        (last,) = unfollowed
+        assert stored == {"count": last["count"], "items": last["items"], "last": last["id"]}, chat
+    else:
+        assert stored is None, f"chat {chat}: every write was reset, yet {stored} is stored"
+    return len(writes)
+
+
+def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
+    place: tuple[str, str, str, Storage], tmp_path: Path
+) -> None:
+    kind, where, prefix, final = place
+    dead: list[str] = []
+    debris: list[Path] = []
+    if isinstance(final, FileStorage):
+        for i in range(DEAD):
+            key = f"dead-{i}"
+            final.write(key, {"count": i})
+            os.utime(final.path(key), ns=(0, time.time_ns() - int(2 * TTL * 1e9)))
+            dead.append(key)
+        old = time.time_ns() - int((DEBRIS_AGE + 60) * 1e9)
+        for i in range(5):
+            path = final.path(dead[i]).parent / f"{TEMP_PREFIX}424242-{i}"
+            path.write_bytes(b"half")
+            os.utime(path, ns=(old, old))
+            debris.append(path)
+
+    logs = [tmp_path / f"bot-{i}.log" for i in range(BOTS)]
+    with (tmp_path / "stderr").open("w+") as errors:
+        bots = [
+            start(BOT, kind, where, prefix, str(i), str(SECONDS), str(log), CONFIG, stderr=errors)
+            for i, log in enumerate(logs)
+        ]
+        sweeper = None
+        if kind == "file":
+            sweeper = start(SWEEPER, where, str(SECONDS + 1), str(TTL), stdout=subprocess.PIPE, stderr=errors)
+        try:
+            for bot in bots:
+                assert bot.wait(SECONDS + 120) == 0
+            sweep_out = sweeper.communicate(timeout=SECONDS + 120)[0] if sweeper is not None else None
+        finally:
+            for process in [*bots, *([sweeper] if sweeper else [])]:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(30)
+        errors.seek(0)
+        assert errors.read() == ""
+    if sweeper is not None:
+        assert sweeper.returncode == 0
+        assert json.loads(sweep_out or "")["passes"] >= 1
+
+    by_chat: dict[int, list[dict[str, Any]]] = {chat: [] for chat in range(CHATS)}
+    for log in logs:
+        for line in log.read_text("utf-8").splitlines():
+            event = json.loads(line)
+            by_chat[event["chat"]].append(event)
+    assert sum(map(len, by_chat.values())) >= BOTS * 10, "the bots did almost nothing"
+    writes = 0
+    for chat, events in by_chat.items():
+        writes += check_chat(chat, events, final.read(str(chat)))
+    assert writes > 0
+    listed = set(final.keys())
+    stored = {key for key in listed if not key.startswith("dead-")}
+    assert stored == {str(chat) for chat in range(CHATS) if final.read(str(chat)) is not None}
+    assert [key for key in dead if final.read(key) is not None] == []  # every dead chat swept
+    assert not any(path.exists() for path in debris)
+    if isinstance(final, FileStorage):
+        assert not (final.directory / "corrupt").exists()

@@ -52,3 +52,11 @@ def test_readme_python_snippets_run(
         "count=1",
         "2 0 0 0 0",  # the sweep: two sessions so far, none idle
     ]
+
+
+def test_every_test_the_readme_cites_exists() -> None:
+    cited = re.findall(r"`(test_\w+\.py)::(test_\w+)`", README)
+    assert len(cited) >= 20
+    for filename, name in cited:
+        source = (ROOT / "tests" / filename).read_text("utf-8")
+        assert re.search(rf"^def {name}\(", source, flags=re.M), f"README cites {filename}::{name}, which is not there"

@@ -117,17 +117,10 @@ class _Fragment:
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
         """The storage key for ``ctx``, or ``None`` and why there is none."""
-        update_id = ctx.update.get("update_id")
-        update = f"this {ctx.kind} update" if update_id is None else f"update {update_id} ({ctx.kind})"
         if self.get_session_key is None:
             key = chat_key(ctx)
-            why = (
-                f"{update} belongs to no chat, so it has no session key; "
-                "pass get_session_key= to key sessions by something else"
-            )
         else:
             key = self.get_session_key(ctx)
-            why = f"get_session_key returned None for {update}"
             if key is not None and not isinstance(key, str):
                 raise SessionKeyError(
                     f"get_session_key must return a str or None, not {type(key).__name__} {key!r}; wrap it in str()"
@@ -137,7 +130,16 @@ class _Fragment:
                     key_bytes(key)
                 except ValueError as exc:
                     raise SessionKeyError(f"get_session_key returned a key no storage can hold: {exc}") from None
-        return (None, why) if key is None else (self.prefix + key, "")
+        if key is not None:
+            return self.prefix + key, ""
+        update_id = ctx.update.get("update_id")
+        update = f"this {ctx.kind} update" if update_id is None else f"update {update_id} ({ctx.kind})"
+        if self.get_session_key is None:
+            return None, (
+                f"{update} belongs to no chat, so it has no session key; "
+                "pass get_session_key= to key sessions by something else"
+            )
+        return None, f"get_session_key returned None for {update}"
 
     def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:
         """``(value, version, its JSON if the storage knows it)``, or ``None``."""
@@ -349,13 +351,20 @@ class _Run:
         if self._locked:
             return
         self._locked = True
+        if len(self.slots) == 1:
+            (slot,) = self.slots.values()
+            lock = slot.lock_of()
+            if lock is not None:
+                lock.__enter__()
+                self._held.append(lock)
+            return
         locks: dict[str, AbstractContextManager[object]] = {}
         for slot in self.slots.values():
             lock = slot.lock_of()
             if lock is not None:
                 name = getattr(lock, "name", None) or f"{id(slot.fragment.storage):x}:{slot.key}"
                 locks.setdefault(name, lock)
-        for name in sorted(locks) if len(locks) > 1 else locks:
+        for name in sorted(locks):
             locks[name].__enter__()
             self._held.append(locks[name])
 

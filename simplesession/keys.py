@@ -19,7 +19,7 @@ import hashlib
 import re
 import zlib
 
-__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name", "shard_of"]
+__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name"]
 
 SUFFIX = ".json"
 MAX_STEM = 120  # + prefix and suffix stays under eCryptfs's 143-byte limit
@@ -47,10 +47,6 @@ def encode_key(key: str) -> tuple[str, str]:
     if len(stem) > MAX_STEM:
         return shard, "h" + hashlib.sha256(raw).hexdigest() + SUFFIX
     return shard, "k" + stem + SUFFIX
-
-
-def shard_of(key: str) -> str:
-    return encode_key(key)[0]
 
 
 def key_from_name(name: str) -> str | None:

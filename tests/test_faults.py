@@ -443,6 +443,25 @@ def test_lock_in_a_read_only_folder_works_or_raises_a_storage_error(
     assert_reads(root, "k", {"v": 1}, storage)
 
 
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES], ids=errno.errorcode.get)
+def test_updates_that_only_read_go_on_in_a_read_only_folder(root: Path, faults: Faults, code: int) -> None:
+    storage = FileStorage(root)
+    storage.write("42", {"count": 3})
+    with storage.lock("42"):  # the lock file exists, as after any earlier update
+        pass
+    make_read_only(faults, code)
+    bot = Bot(output=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the bot
+    bot.use(session(initial=lambda: {"count": 0}, storage=FileStorage(root)))
+    seen: list[int] = []
+
+    @bot.command("show")
+    def show(ctx: Context) -> None:
+        seen.append(ctx.session["count"])
+
+    bot.handle_update({"update_id": 1, "message": {"message_id": 1, "chat": {"id": 42}, "text": "/show"}})
+    assert seen == [3]
+
+
 # -- through the middleware ---------------------------------------------------------------------
 
 

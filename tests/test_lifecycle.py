@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -593,3 +595,22 @@ def test_max_size_none_means_no_limit_and_bad_values_are_refused() -> None:
 def test_default_max_size_is_one_mebibyte() -> None:
     mw = lazy_session(initial=dict, storage=MemoryStorage())
     assert mw.fragments[0].max_size == 1 << 20
+
+
+def test_the_middleware_sweeps_hourly_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(tmp_path, ttl=60)
+    make_sessions(storage, idle=2, live=0)
+    clock = [time.monotonic()]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime, gmtime=time.gmtime)
+    monkeypatch.setattr(sys.modules["simplesession.session"], "time", fake_time)
+    mw = session(initial=dict, storage=storage)
+    clock[0] += 3599
+    for _ in range(300):
+        run(mw, lambda ctx: None)
+    assert storage.path("idle0").exists()  # not yet an hour: nothing swept
+    clock[0] += 2
+    for _ in range(300):
+        clock[0] += 10
+        run(mw, lambda ctx: None)
+    assert not storage.path("idle0").exists()
+    assert not storage.path("idle1").exists()

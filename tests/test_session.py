@@ -623,3 +623,17 @@ def test_a_storage_subclass_that_overrides_read_is_honoured(tmp_path: Path) -> N
     ctx = run(session(initial=lambda: {"count": 0, "premium": False}, storage=storage), message(), bump)
     assert ctx.session == {"count": 2, "premium": False}
     assert FileStorage(tmp_path).read("42") == {"count": 2, "premium": False}
+
+
+def test_reordering_a_sessions_keys_counts_as_a_change() -> None:
+    storage = SpyStorage()
+    storage.write("42", {"a": 1, "b": 2})
+    storage.events.clear()
+
+    def reorder(ctx: Context) -> None:
+        ctx.session = {"b": 2, "a": 1}
+
+    run(session(storage=storage), message(), reorder)
+    assert storage.count("write") == 1
+    stored: Any = storage.read("42")
+    assert list(stored) == ["b", "a"]

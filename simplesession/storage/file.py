@@ -31,7 +31,9 @@ __all__ = ["FileStorage", "StorageStats", "default_directory"]
 _log = logging.getLogger(__name__)
 
 
-LOCK_STRIPES = 1024
+# Every stripe's lock file stays open once used (see locks.KEPT_DESCRIPTORS), so there are
+# no more stripes than one process keeps open.
+LOCK_STRIPES = 256
 SHARDS = 256
 SWEEP_SLICES = SHARDS + 1
 """How many slices :meth:`FileStorage.sweep_slices` yields: one per shard folder, then the locks."""
@@ -94,7 +96,7 @@ class StorageStats:
     :ivar newest: the newest last-use time, or ``None``.
     :ivar temp_files: temporary files (of writes under way, or of crashed writers).
     :ivar corrupt_files: files set aside in ``corrupt/``.
-    :ivar lock_files: lock files (at most 1,024).
+    :ivar lock_files: lock files (at most 256).
     """
 
     sessions: int = 0
@@ -224,7 +226,10 @@ class FileStorage(Storage):
                     yield key
 
     def lock(self, key: str) -> KeyLock:
-        return self._lock(key, self.lock_timeout)
+        if not self._lock_dir_ready:
+            self._make_folder(self._lock_dir, key)
+            self._lock_dir_ready = True
+        return KeyLock(file_stripe(_locate(self._dir, key)[2]), key, self.lock_timeout)
 
     # The session middleware's way in: it has checked and encoded the value already, and
     # wants the stored JSON to tell whether a handler changed anything.
@@ -374,11 +379,9 @@ class FileStorage(Storage):
         return report
 
     def _lock(self, key: str, timeout: float | None) -> KeyLock:
-        lock_path = _locate(self._dir, key)[2]
-        if not self._lock_dir_ready:
-            self._make_folder(self._lock_dir, key)
-            self._lock_dir_ready = True
-        return KeyLock(file_stripe(lock_path), key, timeout)
+        lock = self.lock(key)
+        lock.timeout = timeout
+        return lock
 
     # -- reading -----------------------------------------------------------------------
 

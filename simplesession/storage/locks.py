@@ -12,10 +12,16 @@ The file lock itself is filelock's native lock on a descriptor (``flock`` on POS
 never stale. The RLock already gives reentrancy and thread exclusion, so the bare
 descriptor lock is all that is needed: it costs a few microseconds where ``FileLock``'s
 general machinery costs tens.
+
+Opening a lock file costs more than locking it (several times more beside a busy disk),
+so a stripe keeps its descriptor open between holds. At most :data:`KEPT_DESCRIPTORS` are
+kept per process; past that, the longest-kept idle ones are closed. Keeping them relies on
+lock files never being deleted, which holds: nothing removes a current stripe's file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,7 +33,7 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from ..errors import LockTimeout, StorageError
 
-__all__ = ["KeyLock", "MemoryKeyLocks", "file_stripe"]
+__all__ = ["KEPT_DESCRIPTORS", "KeyLock", "MemoryKeyLocks", "file_stripe"]
 
 _log = logging.getLogger(__name__)
 
@@ -38,6 +44,10 @@ _LAST_POLL = 0.01
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
+KEPT_DESCRIPTORS = 256
+"""How many lock files a process keeps open between holds: all of one storage's stripes, and
+a quarter of the usual limit of 1,024 open files."""
+
 
 class KeyLock:
     """Holds one session key while the ``with`` block runs.
@@ -46,13 +56,17 @@ class KeyLock:
         names and two holders can never deadlock.
     """
 
-    __slots__ = ("_backend", "key", "name", "timeout")
+    __slots__ = ("_backend", "key", "timeout")
 
     def __init__(self, backend: _Stripe | MemoryKeyLocks, key: str, timeout: float | None) -> None:
         self._backend = backend
         self.key = key
-        self.name = backend.name if isinstance(backend, _Stripe) else f"{backend.name}:{key}"
         self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        backend = self._backend
+        return backend.name if isinstance(backend, _Stripe) else f"{backend.name}:{self.key}"
 
     def __enter__(self) -> None:
         self._backend.acquire(self.key, self.timeout)
@@ -74,37 +88,50 @@ class _Stripe:
         self.path = path
         self._mutex = threading.RLock()
         self._depth = 0  # guarded by _mutex
-        self._fd: int | None = None  # open while the file lock is held
+        # The lock file's descriptor, kept open between holds; guarded by _mutex too.
+        self._fd: int | None = None
 
     def acquire(self, key: str, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._mutex.acquire(timeout=-1 if timeout is None else timeout):
+        # The usual case, a free stripe, asks for no clock.
+        if not self._mutex.acquire(blocking=False) and not self._mutex.acquire(
+            timeout=-1 if timeout is None else timeout
+        ):
             raise self._timeout(key, timeout)
         if self._depth == 0 and self.path is not None:
             try:
-                self._fd = self._lock_file(key, timeout, deadline)
+                if self._fd is None or not lock_descriptor(self._fd, blocking=False):
+                    self._lock_file(key, timeout)
             except BaseException:
                 self._mutex.release()
                 raise
         self._depth += 1
 
-    def _lock_file(self, key: str, timeout: float | None, deadline: float | None) -> int:
-        assert self.path is not None
-        # Opened for each hold rather than kept: a bot touching every stripe would otherwise
-        # keep a thousand descriptors open.
-        fd = self._open(key)
+    def _lock_file(self, key: str, timeout: float | None) -> None:
+        fd = self._fd
+        if fd is None:
+            fd = self._fd = self._open(key)
+            _opened(self)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _FIRST_POLL
+        while not lock_descriptor(fd, blocking=False):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise self._timeout(key, timeout)
+            time.sleep(poll if left is None else min(poll, left))
+            poll = min(poll * 2, _LAST_POLL)
+
+    def close_if_idle(self) -> bool:
+        """Close the kept descriptor unless the stripe is in use; whether it was closed."""
+        if not self._mutex.acquire(blocking=False):
+            return False
         try:
-            poll = _FIRST_POLL
-            while not lock_descriptor(fd, blocking=False):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise self._timeout(key, timeout)
-                time.sleep(poll if left is None else min(poll, left))
-                poll = min(poll * 2, _LAST_POLL)
-        except BaseException:
+            if self._depth or self._fd is None:
+                return False
+            fd, self._fd = self._fd, None
             os.close(fd)
-            raise
-        return fd
+            return True
+        finally:
+            self._mutex.release()
 
     def _open(self, key: str) -> int:
         assert self.path is not None
@@ -132,11 +159,12 @@ class _Stripe:
         self._depth -= 1
         try:
             if self._depth == 0 and self._fd is not None:
-                fd, self._fd = self._fd, None
                 try:
-                    unlock_descriptor(fd)
-                finally:
-                    os.close(fd)
+                    unlock_descriptor(self._fd)
+                except BaseException:
+                    fd, self._fd = self._fd, None
+                    os.close(fd)  # which unlocks it too
+                    raise
         finally:
             self._mutex.release()
 
@@ -153,13 +181,37 @@ class _Stripe:
 
 _stripes: dict[str, _Stripe] = {}
 _stripes_lock = threading.Lock()
+# Stripes with a kept descriptor, first opened first.
+_kept: dict[_Stripe, None] = {}
+_kept_lock = threading.Lock()
+
+
+def _opened(stripe: _Stripe) -> None:
+    """Count ``stripe``'s new descriptor; past the limit, close the longest-kept idle ones."""
+    with _kept_lock:
+        _kept[stripe] = None
+        excess = len(_kept) - KEPT_DESCRIPTORS
+        if excess <= 0:
+            return
+        for other in list(_kept):
+            if other is not stripe and other.close_if_idle():
+                del _kept[other]
+                excess -= 1
+                if not excess:
+                    return
 
 
 def _forget_stripes() -> None:
     # A forked child must not share its parent's in-process locks or lock descriptors.
-    global _stripes_lock
-    _stripes_lock = threading.Lock()
+    # Closing its copies of them leaves the parent's locks held.
+    global _stripes_lock, _kept_lock
+    _stripes_lock, _kept_lock = threading.Lock(), threading.Lock()
+    for stripe in _stripes.values():
+        if stripe._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(stripe._fd)
     _stripes.clear()
+    _kept.clear()
 
 
 if hasattr(os, "register_at_fork"):

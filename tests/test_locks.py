@@ -1,0 +1,121 @@
+"""FileStorage's lock descriptors: kept open between holds, bounded, never closed while held."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import run_python
+
+from simplesession import FileStorage, LockTimeout
+from simplesession.storage import locks
+from simplesession.storage.file import LOCK_STRIPES
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds descriptors' paths in /proc")
+
+TRY_LOCK = """
+    import sys
+    from simplesession import FileStorage, LockTimeout
+    try:
+        with FileStorage(sys.argv[1], lock_timeout=0).lock(sys.argv[2]):
+            print("free")
+    except LockTimeout:
+        print("held")
+"""
+
+
+def open_lock_files(root: Path) -> list[str]:
+    """The lock files under ``root`` that this process has open, once per descriptor."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used
+        if target.startswith(str(root / ".locks") + os.sep):
+            found.append(target)
+    return found
+
+
+def keys_on_distinct_stripes(storage: FileStorage, count: int) -> list[str]:
+    keys: dict[str, str] = {}
+    for i in range(100 * LOCK_STRIPES):
+        name = storage.lock(f"chat-{i}").name
+        keys.setdefault(name, f"chat-{i}")
+        if len(keys) == count:
+            return list(keys.values())
+    raise AssertionError("too few stripes")
+
+
+def state_of(root: Path, key: str) -> str:
+    return run_python(TRY_LOCK, str(root), key).stdout.strip()
+
+
+def test_a_lock_file_is_opened_once_and_kept_between_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(tmp_path)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy_open(path: str, *args: int) -> int:
+        opened.append(str(path))
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    for _ in range(3):
+        with storage.lock("42"):
+            assert state_of(tmp_path, "42") == "held"
+    assert state_of(tmp_path, "42") == "free"
+    lock_file = [path for path in opened if os.sep + ".locks" + os.sep in path]
+    assert len(lock_file) == 1
+    assert open_lock_files(tmp_path) == lock_file
+
+
+def test_kept_lock_descriptors_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 4)
+    storage = FileStorage(tmp_path)
+    for key in keys_on_distinct_stripes(storage, 12):
+        with storage.lock(key):
+            pass
+        assert len(open_lock_files(tmp_path)) <= 4
+    assert len(open_lock_files(tmp_path)) == 4
+
+
+def test_a_held_lock_is_never_closed_to_make_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 2)
+    storage = FileStorage(tmp_path)
+    held, *others = keys_on_distinct_stripes(storage, 8)
+    with storage.lock(held):
+        for key in others:
+            with storage.lock(key):
+                pass
+        # Closing a held lock's descriptor would release it: another process could get in.
+        assert state_of(tmp_path, held) == "held"
+    assert state_of(tmp_path, held) == "free"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_leaves_its_parents_locks_held(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path, lock_timeout=0)
+    with storage.lock("idle"):
+        pass
+    with storage.lock("42"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 3
+            try:
+                # The child closed its copies of the parent's descriptors at the fork (which
+                # releases nothing: the parent's own stay open)...
+                code = 2 if open_lock_files(tmp_path) else 1
+                # ...and it forgot the parent's in-process locks: its own try must wait.
+                try:
+                    with FileStorage(tmp_path, lock_timeout=0).lock("42"):
+                        pass
+                except LockTimeout:
+                    code = 0 if code == 1 else code
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert state_of(tmp_path, "42") == "held"
+    assert state_of(tmp_path, "42") == "free"

@@ -24,6 +24,14 @@ could store, any other can read back, however deep its own stack."""
 _BIG_INT_BITS = 13_000  # ints shorter than this print in fewer than 4,000 digits
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# JSONEncoder.encode builds a C encoder, and a dict to find cycles with, on every call. Data
+# that check_copy accepted is a tree, so one C encoder without the cycle check serves all.
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder = (
+    None
+    if _make_c_encoder is None
+    else _make_c_encoder(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+)
 
 
 def copy(value: Any) -> Any:
@@ -57,17 +65,32 @@ def check_copy(value: Any, key: str | None = None) -> Any:
 
 
 def encode(value: Any) -> bytes:
-    """UTF-8 JSON text of data that :func:`check_copy` accepted."""
-    return _encoder.encode(value).encode("utf-8")
+    """UTF-8 JSON text of data that :func:`check_copy` accepted.
+
+    Other values may raise ``TypeError`` or ``ValueError``, and a value that contains
+    itself ``RecursionError``.
+    """
+    if _c_encoder is None:  # pragma: no cover - Pythons without the C accelerator
+        return _encoder.encode(value).encode("utf-8")
+    return "".join(_c_encoder(value, 0)).encode("utf-8")
 
 
 def decode(raw: bytes | str) -> Any:
     """The value of JSON text; ``ValueError`` if it is not strict JSON (NaN, say)."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    if not isinstance(raw, str):
+        # What json.loads does with bytes, minus its encoding guess for the usual case: a
+        # document that opens with "{" and a second byte that is not NUL is UTF-8.
+        utf8 = raw[:1] == b"{" and raw[1:2] != b"\x00"
+        raw = raw.decode("utf-8" if utf8 else json.detect_encoding(raw), "surrogatepass")
+    return _decoder.decode(raw)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for all: json.loads with an option builds a new one per call.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class _Refused(Exception):
@@ -75,6 +98,8 @@ class _Refused(Exception):
 
 
 def _check_copy(value: Any, depth: int) -> Any:
+    # Plain ASCII strings, small ints, bools and None, most of a session, are taken as they
+    # are without a call each; the rest goes through the checks below.
     cls = type(value)
     if cls is dict:
         if not depth:
@@ -83,12 +108,24 @@ def _check_copy(value: Any, depth: int) -> Any:
         for k, v in value.items():
             if type(k) is not str or not (k.isascii() or _is_text(k)):
                 raise _Refused
-            out[k] = _check_copy(v, depth - 1)
+            t = type(v)
+            if (t is str and v.isascii()) or t is bool or v is None or (t is int and v.bit_length() <= _BIG_INT_BITS):
+                out[k] = v
+            else:
+                out[k] = _check_copy(v, depth - 1)
         return out
     if cls is list:
         if not depth:
             raise _Refused
-        return [_check_copy(v, depth - 1) for v in value]
+        return [
+            v
+            if ((t := type(v)) is str and v.isascii())
+            or t is bool
+            or v is None
+            or (t is int and v.bit_length() <= _BIG_INT_BITS)
+            else _check_copy(v, depth - 1)
+            for v in value
+        ]
     if cls is str:
         if not (value.isascii() or _is_text(value)):
             raise _Refused

@@ -6,10 +6,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from . import data
 from .context import Context
@@ -43,12 +43,6 @@ class SessionStorage(Protocol):
     def delete(self, key: str) -> None: ...
 
 
-def chat_key(ctx: Context) -> str | None:
-    """The default session key: the chat id as a string (``None`` for updates with no chat)."""
-    chat_id = ctx.chat_id
-    return None if chat_id is None else str(chat_id)
-
-
 class _Fragment:
     """The options of one session (of one fragment, for multi sessions)."""
 
@@ -58,6 +52,7 @@ class _Fragment:
         "initial",
         "latest",
         "lazy",
+        "lock",
         "max_size",
         "migrations",
         "name",
@@ -114,11 +109,13 @@ class _Fragment:
         self.max_size = max_size
         self.lazy = bool(lazy)
         self.fast = _has_fast_path(self.storage)
+        self.lock: Callable[[str], AbstractContextManager[object]] | None = getattr(self.storage, "lock", None)
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
         """The storage key for ``ctx``, or ``None`` and why there is none."""
-        if self.get_session_key is None:
-            key = chat_key(ctx)
+        if self.get_session_key is None:  # the chat id, as a string
+            chat_id = ctx.chat_id
+            key = None if chat_id is None else str(chat_id)
         else:
             key = self.get_session_key(ctx)
             if key is not None and not isinstance(key, str):
@@ -242,11 +239,16 @@ def _sorted_migrations(
 
 
 class _Slot:
-    """One session of one update: loaded on demand, written back if it changed."""
+    """One session of one update: loaded on demand, written back if it changed.
 
-    __slots__ = ("_baseline", "_loaded", "_run", "_stored", "_value", "_version", "fragment", "key", "why")
+    A single session (no ``run``) is its own update's run, and what ``ctx.session`` reads
+    through: it takes its lock on load and releases it in :meth:`finish`. The sessions of a
+    multi session leave their locks to their :class:`_Run`.
+    """
 
-    def __init__(self, run: _Run, fragment: _Fragment, key: str | None, why: str) -> None:
+    __slots__ = ("_baseline", "_held", "_loaded", "_run", "_stored", "_value", "_version", "fragment", "key", "why")
+
+    def __init__(self, run: _Run | None, fragment: _Fragment, key: str | None, why: str) -> None:
         self._run = run
         self.fragment = fragment
         self.key = key
@@ -256,6 +258,7 @@ class _Slot:
         self._stored = False
         self._version: Version | None = None
         self._baseline: bytes | None = None
+        self._held: AbstractContextManager[object] | None = None
 
     def get(self) -> Any:
         if not self._loaded:
@@ -270,23 +273,32 @@ class _Slot:
     def load(self) -> None:
         if self.key is None:
             raise SessionKeyError(f"no session for this update: {self.why}")
-        self._run.lock()
         fragment, key = self.fragment, self.key
+        if self._run is not None:
+            self._run.lock()
+        elif self._held is None and fragment.lock is not None:
+            lock = fragment.lock(key)
+            lock.__enter__()
+            self._held = lock
         got = fragment.read(key)
-        value, self._version, raw = (None, None, None) if got is None else got
-        self._stored = got is not None
-        self._baseline = raw if raw is not None else _dumps(value)
-        if got is not None and fragment.migrations:
-            value = fragment.migrate(key, value, self._version)
-        if got is not None and fragment.validate is not None:
-            try:
-                checked = fragment.validate(value)
-            except Exception as exc:
-                _set_aside(fragment.storage, key, f"validate() refused it: {type(exc).__name__}: {exc}")
-                value, self._stored, self._baseline = None, False, None
-            else:
-                if checked is not None:
-                    value = checked
+        if got is None:
+            value = self._version = None
+            self._baseline = b"null"
+        else:
+            value, self._version, raw = got
+            self._stored = True
+            self._baseline = raw if raw is not None else _dumps(value)
+            if fragment.migrations:
+                value = fragment.migrate(key, value, self._version)
+            if fragment.validate is not None:
+                try:
+                    checked = fragment.validate(value)
+                except Exception as exc:
+                    _set_aside(fragment.storage, key, f"validate() refused it: {type(exc).__name__}: {exc}")
+                    value, self._stored, self._baseline = None, False, None
+                else:
+                    if checked is not None:
+                        value = checked
         if value is None and fragment.initial is not None:
             value = fragment.initial()
             if not self._stored:
@@ -296,7 +308,7 @@ class _Slot:
         self._loaded = True
 
     def lock_of(self) -> AbstractContextManager[object] | None:
-        lock = getattr(self.fragment.storage, "lock", None)
+        lock = self.fragment.lock
         return None if self.key is None or lock is None else lock(self.key)
 
     def change(self) -> Callable[[], None] | None:
@@ -315,11 +327,23 @@ class _Slot:
         fragment.check_size(key, raw)
         return lambda: fragment.write(key, value, raw)
 
+    def finish(self, failed: bool) -> None:
+        """Write back what changed (unless the handler ``failed``), then release the lock."""
+        try:
+            if not failed:
+                write = self.change()
+                if write is not None:
+                    write()
+        finally:
+            held, self._held = self._held, None
+            if held is not None:
+                held.__exit__(None, None, None)
+
 
 def _dumps(value: Any) -> bytes | None:
     try:
         return data.encode(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None  # not JSON data: the write-back check says where
 
 
@@ -338,7 +362,7 @@ def _set_aside(storage: SessionStorage, key: str, reason: str) -> None:
 
 
 class _Run:
-    """The sessions of one update, and the locks that guard them until write-back."""
+    """The sessions of one update's multi session, and the locks that guard them until write-back."""
 
     def __init__(self) -> None:
         self.slots: dict[str | None, _Slot] = {}
@@ -351,13 +375,6 @@ class _Run:
         if self._locked:
             return
         self._locked = True
-        if len(self.slots) == 1:
-            (slot,) = self.slots.values()
-            lock = slot.lock_of()
-            if lock is not None:
-                lock.__enter__()
-                self._held.append(lock)
-            return
         locks: dict[str, AbstractContextManager[object]] = {}
         for slot in self.slots.values():
             lock = slot.lock_of()
@@ -380,23 +397,8 @@ class _Run:
                 self._held.pop().__exit__(None, None, None)
 
 
-class _SingleHolder:
-    """``ctx.session`` of a single session."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, slot: _Slot) -> None:
-        self.slot = slot
-
-    @property
-    def key(self) -> str | None:
-        return self.slot.key
-
-    def get(self) -> Any:
-        return self.slot.get()
-
-    def set(self, value: Any) -> None:
-        self.slot.set(value)
+AnyRun: TypeAlias = "_Run | _Slot"
+"""What :meth:`SessionMiddleware.begin` returns for :meth:`SessionMiddleware.end`."""
 
 
 class MultiSession:
@@ -515,15 +517,24 @@ class SessionMiddleware:
             raise
         self.end(run, failed=False)
 
-    def begin(self, ctx: Context) -> _Run:
+    def begin(self, ctx: Context) -> AnyRun:
         """Install ``ctx.session``; load it now unless lazy (then on first touch)."""
-        run = _Run()
-        for fragment in self.fragments:
+        run: AnyRun
+        if self.multi:
+            run = _Run()
+            for fragment in self.fragments:
+                key, why = fragment.key_for(ctx)
+                run.slots[fragment.name] = _Slot(run, fragment, key, why)
+            ctx._session = _MultiHolder(run.slots)
+            slots: Iterable[_Slot] = run.slots.values()
+        else:
+            fragment = self.fragments[0]
             key, why = fragment.key_for(ctx)
-            run.slots[fragment.name] = _Slot(run, fragment, key, why)
-        ctx._session = _MultiHolder(run.slots) if self.multi else _SingleHolder(run.slots[None])
+            run = _Slot(None, fragment, key, why)
+            ctx._session = run
+            slots = (run,)
         try:
-            for slot in run.slots.values():
+            for slot in slots:
                 if not slot.fragment.lazy and slot.key is not None:
                     slot.load()
         except BaseException:
@@ -531,7 +542,7 @@ class SessionMiddleware:
             raise
         return run
 
-    def end(self, run: _Run, *, failed: bool) -> None:
+    def end(self, run: AnyRun, *, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``) and release the locks."""
         try:
             run.finish(failed)

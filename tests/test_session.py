@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -637,3 +638,47 @@ def test_reordering_a_sessions_keys_counts_as_a_change() -> None:
     assert storage.count("write") == 1
     stored: Any = storage.read("42")
     assert list(stored) == ["b", "a"]
+
+
+@pytest.fixture
+def replaced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files that writes replace, in order."""
+    files: list[str] = []
+    real_replace = os.replace
+
+    def spy_replace(src: str, dst: str) -> None:
+        files.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return files
+
+
+@pytest.mark.parametrize("migrations", [None, {2: lambda value: value}], ids=["unversioned", "versioned"])
+def test_a_session_read_from_its_file_and_left_alone_is_not_rewritten(
+    tmp_path: Path, replaced: list[str], migrations: dict[Version, Callable[[Any], Any]] | None
+) -> None:
+    FileStorage(tmp_path).write(
+        "42", {"count": 1, "name": "Zoë", "tags": ["a"]}, version=None if migrations is None else 2
+    )
+    replaced.clear()
+    for cache_size in (1024, 0):  # a cold cache: the session comes from its file
+        mw = session(storage=FileStorage(tmp_path, cache_size=cache_size), migrations=migrations)
+        run(mw, message(), lambda ctx: ctx.session["tags"])
+        run(mw, message(), lambda ctx: ctx.session["tags"])
+    assert replaced == []
+    run(session(storage=FileStorage(tmp_path), migrations=migrations), message(), bump)
+    assert replaced == [str(FileStorage(tmp_path).path("42"))]
+
+
+def test_a_hand_formatted_session_file_is_rewritten_only_when_changed(tmp_path: Path, replaced: list[str]) -> None:
+    storage = FileStorage(tmp_path)
+    path = storage.path("42")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": 1, "key": "42", "data": {"count": 1}}, indent=2), encoding="utf-8")
+    seen = run(session(storage=storage), message(), lambda ctx: ctx.session["count"])
+    assert seen.session == {"count": 1}
+    assert replaced == []
+    run(session(storage=FileStorage(tmp_path)), message(), bump)
+    assert replaced == [str(path)]
+    assert path.read_bytes() == b'{"format":1,"key":"42","data":{"count":2}}\n'

@@ -36,7 +36,7 @@ from ..session import DEFAULT_SWEEP_INTERVAL, multi_session, session
 from ..session import SessionMiddleware as _Core
 
 if TYPE_CHECKING:
-    from ..session import _Run
+    from ..session import AnyRun
 
 __all__ = ["UPDATE_TYPES", "LazySession", "SessionMiddleware"]
 
@@ -283,7 +283,7 @@ class _Pending:
 
     __slots__ = ("ctx", "dispatcher", "done", "given", "owner", "run")
 
-    def __init__(self, run: _Run, ctx: _TelebotContext, dispatcher: FrameType) -> None:
+    def __init__(self, run: AnyRun, ctx: _TelebotContext, dispatcher: FrameType) -> None:
         self.run = run
         self.ctx = ctx
         self.given: Any = None  # what the handler got as ``session``

@@ -14,7 +14,7 @@ from typing import Any
 from .. import data
 from .base import Version
 
-__all__ = ["FORMAT", "BadDocument", "check_version", "decode_document", "document_of", "encode_document"]
+__all__ = ["FORMAT", "BadDocument", "check_version", "data_json", "decode_document", "document_of", "encode_document"]
 
 FORMAT = 1
 """The format version written in every document as ``"format"``."""
@@ -38,14 +38,32 @@ def encode_document(key: str, value: Any, version: Version | None) -> bytes:
 
 def document_of(key: str, raw: bytes, version: Version | None) -> bytes:
     """The document of a value whose JSON is ``raw`` (so that it is not encoded twice)."""
-    tail = b',"data":' + raw + b"}\n"
+    return _head(key, version) + raw + b"}\n"
+
+
+def data_json(document: bytes, key: str, version: Version | None) -> bytes | None:
+    """The JSON of the data in a document that :func:`decode_document` read as ``key`` and
+    ``version``, if the document is exactly as :func:`document_of` writes it; else ``None``.
+
+    It spares encoding a value that was just decoded. The slice is the data's JSON: a
+    document that decodes, starts as ours does and ends in ``}``, holds its data last.
+    Any slice that is not a whole JSON value (a hand edit added a member, or spaces) never
+    equals an encoding, so it can only make an unchanged session look changed.
+    """
+    head = _head(key, version)
+    if document.startswith(head) and document.endswith(b"}\n"):
+        return document[len(head) : -2]
+    return None
+
+
+def _head(key: str, version: Version | None) -> bytes:
     if version is None:
-        return _head(key) + tail
-    return _head(key) + b',"version":' + data.encode(check_version(version)) + tail
+        return _key_head(key) + b',"data":'
+    return _key_head(key) + b',"version":' + data.encode(check_version(version)) + b',"data":'
 
 
 @functools.lru_cache(maxsize=4096)
-def _head(key: str) -> bytes:
+def _key_head(key: str) -> bytes:
     return b'{"format":%d,"key":%s' % (FORMAT, data.encode(key))
 
 

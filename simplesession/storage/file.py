@@ -23,7 +23,7 @@ from ..cache import LRUCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
 from .base import Storage, SweepReport, Version, ttl_seconds
-from .document import BadDocument, decode_document, document_of
+from .document import BadDocument, data_json, decode_document, document_of
 from .locks import KeyLock, file_stripe
 
 __all__ = ["FileStorage", "StorageStats", "default_directory"]
@@ -55,6 +55,16 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW 
 _UTIME_FD = os.utime in os.supports_fd
 _STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
 _temp_names = itertools.count()
+_pid = os.getpid()  # for temporary names; a system call each time otherwise
+
+
+def _new_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pid)
 
 
 class _Entry(NamedTuple):
@@ -389,7 +399,7 @@ class FileStorage(Storage):
         return _locate(self._dir, key)[1]
 
     def _load(self, key: str) -> _Entry | None:
-        path = self._path(key)
+        path = _locate(self._dir, key)[1]
         cached = self._cache.get(key)
         if cached is not None:
             try:
@@ -400,9 +410,9 @@ class FileStorage(Storage):
             except OSError as exc:
                 raise self._error("read", key, path, exc) from exc
             if (st.st_ino, st.st_mtime_ns, st.st_size) == cached.stamp:
-                return self._fresh(key, path, cached)
+                return cached if self.ttl is None else self._fresh(key, path, cached)
         try:
-            stamp, (_, value, version) = self._read_file(path, key)
+            stamp, document, (_, value, version) = self._read_file(path, key)
         except FileNotFoundError:
             self._cache.discard(key)
             return None
@@ -410,9 +420,9 @@ class FileStorage(Storage):
             self._cache.discard(key)
             self._move_aside(key, path, str(exc))
             return None
-        entry = _Entry(stamp, value, version, None)
+        entry = _Entry(stamp, value, version, data_json(document, key, version))
         self._cache.put(key, entry)
-        return self._fresh(key, path, entry)
+        return entry if self.ttl is None else self._fresh(key, path, entry)
 
     def _fresh(self, key: str, path: str, entry: _Entry) -> _Entry | None:
         """``entry`` if its session has not expired; a read also resets its idle clock."""
@@ -442,8 +452,8 @@ class FileStorage(Storage):
 
     def _read_file(
         self, path: str, key: str | None = None
-    ) -> tuple[tuple[int, int, int], tuple[str, Any, Version | None]]:
-        """The stamp and ``(key, data, version)`` of one session file (of ``key``, if given).
+    ) -> tuple[tuple[int, int, int], bytes, tuple[str, Any, Version | None]]:
+        """The stamp, bytes and ``(key, data, version)`` of one session file (of ``key``, if given).
 
         Raises ``FileNotFoundError``, :class:`_Corrupt` for bytes that are not a session
         file (or cannot be read), and :class:`StorageError` for trouble that is not the
@@ -470,14 +480,14 @@ class FileStorage(Storage):
         finally:
             os.close(fd)
         try:
-            return (st.st_ino, st.st_mtime_ns, st.st_size), decode_document(raw, key)
+            return (st.st_ino, st.st_mtime_ns, st.st_size), raw, decode_document(raw, key)
         except BadDocument as exc:
             raise _Corrupt(str(exc)) from None
 
     def _key_of_hashed(self, folder: str, name: str) -> str | None:
         path = os.path.join(folder, name)
         try:
-            _, (key, _, _) = self._read_file(path)
+            _, _, (key, _, _) = self._read_file(path)
         except FileNotFoundError:
             return None
         except _Corrupt as exc:
@@ -529,7 +539,7 @@ class FileStorage(Storage):
 
     def _replace(self, key: str, folder: str, path: str, raw: bytes) -> tuple[int, int, int]:
         """Atomically make ``path`` (in ``folder``) hold ``raw``; return the new file's stamp."""
-        temp = f"{folder}{os.sep}{TEMP_PREFIX}{os.getpid()}-{next(_temp_names)}"
+        temp = f"{folder}{os.sep}{TEMP_PREFIX}{_pid}-{next(_temp_names)}"
         try:
             try:
                 fd = os.open(temp, _CREATE_FLAGS, 0o600)

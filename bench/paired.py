@@ -1,12 +1,16 @@
-"""FileStorage against the floor in the same folders, in alternating batches: ratios the disk cannot skew.
+"""FileStorage against the floor in the same folders, update by update: ratios the disk cannot skew.
 
 On a virtual disk two identical floors in two folders can differ several-fold in W1, and
-steadily so (where a folder's blocks landed decides it). So beside the separate-folder
-tables, ``run.py`` measures two pairs, each sharing one set of shard folders: the floor's
-``<key>.json`` files beside FileStorage's ``k<key>.json`` files. Within a pair the two take
-turns, ``batch`` updates at a time, over the same key sequence; each side's time is summed
-over its batches. Pairs: the floor with FileStorage alone (storage level), and the floor
-with ``session()`` + FileStorage (framework level), each FileStorage with cache 1024.
+steadily so (where a folder's blocks landed decides it), and one folder's speed drifts
+from second to second. So beside the separate-folder tables, ``run.py`` measures two pairs,
+each sharing one set of shard folders: the floor's ``<key>.json`` files beside
+FileStorage's ``k<key>.json`` files. Within a pair the two take turns update by update
+(who goes first alternates), over the same key sequence, so that both meet the disk in the
+same state; each side's time is summed over its updates. Pairs: the floor with FileStorage
+alone (storage level), and the floor with ``session()`` + FileStorage (framework level),
+each FileStorage with cache 1024. cachelib's FileSystemCache, the other file-per-key store
+with the same durability, takes its turn too, in a folder of its own beside them (its files
+are named by hash, in one folder).
 
 Started by ``run.py`` as ``python paired.py`` with a JSON spec on stdin; prints JSON.
 """
@@ -19,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from peers import Driver, FloorPeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
+from peers import CachelibPeer, Driver, FloorPeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
 from workloads import CHANGES, WORKLOADS, peak_rss_kb, sequence
 
 PAIRS = {
@@ -29,11 +33,15 @@ PAIRS = {
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    sessions, batch = spec["sessions"], spec["batch"]
+    sessions = spec["sessions"]
     out: dict[str, Any] = {"sessions": sessions, "pairs": {}}
     for level, make in PAIRS.items():
         root = os.path.join(spec["root"], level)
-        drivers: dict[str, Driver] = {"floor": StorageDriver(FloorPeer(root)), "ours": make(root)}
+        drivers: dict[str, Driver] = {
+            "floor": StorageDriver(FloorPeer(root)),
+            "ours": make(root),
+            "cachelib": StorageDriver(CachelibPeer(os.path.join(root, "cachelib"))),
+        }
         for driver in drivers.values():
             driver.populate(sessions)
             driver.prepare()
@@ -42,16 +50,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         for run in range(spec["runs"]):
             for workload in WORKLOADS:
                 indexes = sequence(workload, sessions, spec["ops"], spec["seed"], run)
+                change = CHANGES[workload]
+                # Who goes first rotates, so that none always follows another's write.
+                members = [(name, driver.update) for name, driver in drivers.items()]
+                orders = [members[i:] + members[:i] for i in range(len(members))]
                 seconds = dict.fromkeys(drivers, 0.0)
-                for low in range(0, len(indexes), batch):
-                    part = indexes[low : low + batch]
-                    # Alternate who goes first, so neither always follows the other's writes.
-                    order = list(drivers) if (low // batch) % 2 == 0 else list(reversed(drivers))
-                    for name in order:
-                        update, start = drivers[name].update, time.perf_counter()
-                        for number, index in enumerate(part, low):
-                            update(number, index, CHANGES[workload])
-                        seconds[name] += time.perf_counter() - start
+                clock = time.perf_counter
+                for number, index in enumerate(indexes):
+                    for name, update in orders[number % len(orders)]:
+                        start = clock()
+                        update(number, index, change)
+                        seconds[name] += clock() - start
                 runs[workload].append({"ops": len(indexes), **{f"{k}_seconds": v for k, v in seconds.items()}})
         for driver in drivers.values():
             driver.close()

@@ -13,6 +13,8 @@ CACHE_SIZE = 1024
 OURS = "ours-file@framework"
 OURS_STORAGE = "ours-file@storage"
 FLOOR = "floor@storage"
+# The separate runs of the stores that paired.py also runs in turns with ours.
+PAIRED_CONFIGS = {"floor": FLOOR, "cachelib": "cachelib@storage"}
 
 
 @dataclass
@@ -54,16 +56,17 @@ class Results:
         rates = [run["ops"] / run[f"{side}_seconds"] for run in self._paired_runs(level, sessions, workload)]
         return statistics.median(rates) if rates else None
 
-    def _paired_ratios(self, level: str, sessions: int, workload: str) -> list[float]:
-        return [run["floor_seconds"] / run["ours_seconds"] for run in self._paired_runs(level, sessions, workload)]
+    def _paired_ratios(self, level: str, sessions: int, workload: str, against: str) -> list[float]:
+        runs = self._paired_runs(level, sessions, workload)
+        return [run[f"{against}_seconds"] / run["ours_seconds"] for run in runs if f"{against}_seconds" in run]
 
-    def paired_ratio(self, level: str, sessions: int, workload: str) -> float | None:
-        """Ours over the floor, both timed in the same folders (median over the runs)."""
-        ratios = self._paired_ratios(level, sessions, workload)
+    def paired_ratio(self, level: str, sessions: int, workload: str, against: str = "floor") -> float | None:
+        """Ours over ``against``, timed in turns update by update (median over the runs)."""
+        ratios = self._paired_ratios(level, sessions, workload, against)
         return statistics.median(ratios) if ratios else None
 
-    def paired_spread(self, level: str, sessions: int, workload: str) -> float | None:
-        ratios = self._paired_ratios(level, sessions, workload)
+    def paired_spread(self, level: str, sessions: int, workload: str, against: str = "floor") -> float | None:
+        ratios = self._paired_ratios(level, sessions, workload, against)
         if len(ratios) < 2:
             return None
         return (max(ratios) - min(ratios)) / 2 / statistics.median(ratios)
@@ -132,24 +135,28 @@ def _versus(
     return Target(what, f"{sessions:,} sessions", measured, need, _status(ok))
 
 
-def _paired_target(res: Results, n: int, workload: str, level: str, factor: float, what: str) -> Target | None:
-    """A target against the floor, judged on the same-folder pair; ``None`` if the pair did not run."""
-    ratio = res.paired_ratio(level, n, workload)
+def _paired_target(
+    res: Results, n: int, workload: str, level: str, factor: float, what: str, against: str = "floor"
+) -> Target | None:
+    """A target judged on the runs in turns (see paired.py); ``None`` if they did not run."""
+    ratio = res.paired_ratio(level, n, workload, against)
     if ratio is None:
         return None
-    ours, floor = res.paired_rate(level, n, workload, "ours"), res.paired_rate(level, n, workload, "floor")
+    ours, theirs = res.paired_rate(level, n, workload, "ours"), res.paired_rate(level, n, workload, against)
     ok = ratio >= factor if factor != 1 else ratio > 1
-    measured = f"same folders: {_ops(ours)} vs {_ops(floor)} ops/s = {_x(ratio)}"
+    where = "same folders" if against == "floor" else "in turns"
+    measured = f"{where}: {_ops(ours)} vs {_ops(theirs)} ops/s = {_x(ratio)}"
     if not ok:
         measured += f" (short by {(1 - ratio / factor) * 100:.0f} %)"
-    spread = res.paired_spread(level, n, workload)
+    spread = res.paired_spread(level, n, workload, against)
     if spread is not None:
         measured += f", runs +-{spread * 100:.0f} %"
     mine = OURS if level == "framework" else OURS_STORAGE
-    separate = _ratio(res.rate(mine, n, workload), res.rate(FLOOR, n, workload))
+    separate = _ratio(res.rate(mine, n, workload), res.rate(PAIRED_CONFIGS[against], n, workload))
     if separate is not None:
-        measured += f"; separate folders: {_x(separate)}"
-    need = f">= {factor:g}x floor" if factor != 1 else "> floor"
+        measured += f"; in separate runs: {_x(separate)}"
+    name = "floor" if against == "floor" else against
+    need = f">= {factor:g}x {name}" if factor != 1 else f"> {name}"
     return Target(what, f"{n:,} sessions", measured, need, _status(ok))
 
 
@@ -167,7 +174,9 @@ def targets(res: Results) -> list[Target]:
             ("grammy-session@framework", "grammY session() + storage-file", "grammY session()"),
             ("cachelib@storage", "cachelib", "cachelib"),
         ):
-            rows.append(_versus(res, n, "W1", OURS, theirs, 1, f"W1 session() + FileStorage vs {label}", short))
+            what = f"W1 session() + FileStorage vs {label}"
+            paired = _paired_target(res, n, "W1", "framework", 1, what, "cachelib") if short == "cachelib" else None
+            rows.append(paired or _versus(res, n, "W1", OURS, theirs, 1, what, short))
         rows.append(
             _versus(
                 res,
@@ -206,12 +215,12 @@ def targets(res: Results) -> list[Target]:
 
 
 def _w3_targets(res: Results, n: int) -> list[Target]:
-    """W3 against every file-per-key peer: the floor in the same folders, the others in their own."""
+    """W3 against every file-per-key peer: the floor and cachelib in turns, the others in their own runs."""
     rows = []
     others = [
         item.id
         for item in peers.CONFIGS
-        if item.file_per_key and item.name not in ("floor",) and "ours" not in item.name
+        if item.file_per_key and item.name not in ("floor", "cachelib") and "ours" not in item.name
     ]
     rated = [(res.rate(config, n, "W3"), config) for config in others]
     _, best = max(((rate, config) for rate, config in rated if rate is not None), default=(None, None))
@@ -222,6 +231,11 @@ def _w3_targets(res: Results, n: int) -> list[Target]:
         what = f"W3 {label} vs every file-per-key peer"
         floor = _paired_target(res, n, "W3", level, 1, what) or _versus(res, n, "W3", mine, FLOOR, 1, what, "floor")
         parts, statuses = [f"floor, {floor.measured}"], [floor.status]
+        cachelib = _paired_target(res, n, "W3", level, 1, what, "cachelib") or _versus(
+            res, n, "W3", mine, PAIRED_CONFIGS["cachelib"], 1, what, "cachelib"
+        )
+        parts.append(f"cachelib, {cachelib.measured}")
+        statuses.append(cachelib.status)
         if best is not None:
             other = _versus(res, n, "W3", mine, best, 1, what, "")
             parts.append(f"best other, {_title(res.data, best)}: {other.measured}")
@@ -333,16 +347,18 @@ def paired_section(res: Results) -> list[str]:
         return []
     lines = [
         "",
-        "## FileStorage and the floor in the same folders",
+        "## FileStorage, the floor and cachelib in turns",
         "",
-        "On this machine's virtual disk two identical floors in two folders ran W1 up to 3x apart, and stayed "
-        "so (where a folder's blocks landed seems to decide it), so the ratios to the floor that the targets use "
-        "come from here: each pair shares one set of shard folders (the floor's `<key>.json` beside FileStorage's "
-        "`k<key>.json`) and takes turns, a batch of updates at a time, over the same key sequence, in one process. "
-        "Ratio: ours over the floor, the median of the runs' ratios.",
+        "On this machine's virtual disk two identical floors in two folders ran W1 up to 3x apart when run one "
+        "after the other (where a folder's blocks landed, and the disk's state from moment to moment, decide it), "
+        "so the ratios to the floor and to cachelib that the targets use come from here. In one process, FileStorage "
+        "(alone, or through `session()`), the floor and cachelib take turns update by update over the same key "
+        "sequence (who goes first rotates), so that all meet the disk in the same state; the floor's `<key>.json` "
+        "files lie beside FileStorage's `k<key>.json` in the same shard folders, cachelib's in a folder of their own "
+        "beside them. Ratio: ours over theirs, the median of the runs' ratios.",
         "",
-        "| sessions | pair | W1 ours / floor ops/s (ratio) | W2 ours / floor ops/s (ratio) "
-        "| W3 ours / floor ops/s (ratio) |",
+        "| sessions | pair | W1 ours / theirs ops/s (ratio) | W2 ours / theirs ops/s (ratio) "
+        "| W3 ours / theirs ops/s (ratio) |",
         "| ---: | --- | ---: | ---: | ---: |",
     ]
     for entry in entries:
@@ -350,21 +366,22 @@ def paired_section(res: Results) -> list[str]:
         if "error" in entry:
             lines.append(f"| {n:,} | error: {entry['error'].strip().splitlines()[-1][:150]} | | | |")
             continue
-        for level, label in (
-            ("storage", "FileStorage alone vs floor"),
-            ("framework", "session() + FileStorage vs floor"),
-        ):
-            cells = []
-            for workload in workloads.WORKLOADS:
-                ours = res.paired_rate(level, n, workload, "ours")
-                floor = res.paired_rate(level, n, workload, "floor")
-                ratio, spread = res.paired_ratio(level, n, workload), res.paired_spread(level, n, workload)
-                noise = "" if spread is None else f" +-{spread * 100:.0f}%"
-                cells.append(f"{_ops(ours)} / {_ops(floor)} ({_x(ratio)}{noise})")
-            lines.append(f"| {n:,} | {label} | {' | '.join(cells)} |")
+        for level, label in (("storage", "FileStorage alone"), ("framework", "session() + FileStorage")):
+            for against, name in (("floor", "floor (same folders)"), ("cachelib", "cachelib (own folder)")):
+                if res.paired_ratio(level, n, "W1", against) is None:
+                    continue
+                cells = []
+                for workload in workloads.WORKLOADS:
+                    ours = res.paired_rate(level, n, workload, "ours")
+                    theirs = res.paired_rate(level, n, workload, against)
+                    ratio = res.paired_ratio(level, n, workload, against)
+                    spread = res.paired_spread(level, n, workload, against)
+                    noise = "" if spread is None else f" +-{spread * 100:.0f}%"
+                    cells.append(f"{_ops(ours)} / {_ops(theirs)} ({_x(ratio)}{noise})")
+                lines.append(f"| {n:,} | {label} vs {name} | {' | '.join(cells)} |")
     first = next((e for e in entries if "error" not in e), None)
     if first:
-        lines += ["", f"{first['ops']:,} updates per workload and run, in batches of {first['batch']}."]
+        lines += ["", f"{first['ops']:,} updates per workload and run."]
     return lines
 
 

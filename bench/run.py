@@ -381,10 +381,10 @@ def run_size(
 
 
 def run_paired(args: argparse.Namespace, sessions: int, work_dir: str) -> dict[str, Any]:
-    """The floor and FileStorage in the same folders, in alternating batches (``paired.py``)."""
+    """The floor and FileStorage in the same folders, taking turns update by update (``paired.py``)."""
     root = os.path.join(work_dir, f"paired-{sessions}")
     ops = min(args.ops, 3000)
-    spec = {"sessions": sessions, "root": root, "ops": ops, "batch": max(1, min(250, ops // 8))}
+    spec = {"sessions": sessions, "root": root, "ops": ops}
     spec.update(runs=args.runs, seed=SEED)
     log(f"paired: floor and FileStorage in the same folders, {sessions:,} sessions")
     os.sync()
@@ -404,7 +404,7 @@ def run_paired(args: argparse.Namespace, sessions: int, work_dir: str) -> dict[s
     if done.returncode != 0:
         return {"sessions": sessions, "error": done.stderr.strip()[-2000:] or f"exit status {done.returncode}"}
     result: dict[str, Any] = json.loads(done.stdout)
-    result.update(batch=spec["batch"], ops=ops)
+    result.update(ops=ops)
     return result
 
 

@@ -36,6 +36,7 @@ def test_smoke_run_makes_a_results_table(tmp_path: Path) -> None:
     assert "| configuration | level | W1 ops/s" in text
     assert "| floor: json + temp file + os.replace | storage |" in text
     assert "| session() + FileStorage (cache 1024) | framework |" in text
-    assert "## FileStorage and the floor in the same folders" in text
+    assert "## FileStorage, the floor and cachelib in turns" in text
+    assert "| session() + FileStorage vs cachelib (own folder) |" in text
     assert "## Scale" in text
     assert raw.stat().st_size > 0

@@ -6,7 +6,8 @@ from second to second. So beside the separate-folder tables, ``run.py`` measures
 each sharing one set of shard folders: the floor's ``<key>.json`` files beside
 FileStorage's ``k<key>.json`` files. Within a pair the two take turns update by update
 (who goes first alternates), over the same key sequence, so that both meet the disk in the
-same state; each side's time is summed over its updates. Pairs: the floor with FileStorage
+same state; each side's time is summed over its updates. Each run has folders of its own,
+filled afresh. Pairs: the floor with FileStorage
 alone (storage level), and the floor with ``session()`` + FileStorage (framework level),
 each FileStorage with cache 1024. cachelib's FileSystemCache, the other file-per-key store
 with the same durability, takes its turn too, in a folder of its own beside them (its files
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -34,20 +36,21 @@ PAIRS = {
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     sessions = spec["sessions"]
-    out: dict[str, Any] = {"sessions": sessions, "pairs": {}}
-    for level, make in PAIRS.items():
-        root = os.path.join(spec["root"], level)
-        drivers: dict[str, Driver] = {
-            "floor": StorageDriver(FloorPeer(root)),
-            "ours": make(root),
-            "cachelib": StorageDriver(CachelibPeer(os.path.join(root, "cachelib"))),
-        }
-        for driver in drivers.values():
-            driver.populate(sessions)
-            driver.prepare()
-        os.sync()
-        runs: dict[str, list[dict[str, float]]] = {w: [] for w in WORKLOADS}
-        for run in range(spec["runs"]):
+    out: dict[str, Any] = {"sessions": sessions, "pairs": {level: {w: [] for w in WORKLOADS} for level in PAIRS}}
+    # Each run gets folders of its own, filled afresh: where their blocks land differs from
+    # run to run, so the median over the runs is not one placement's luck.
+    for run in range(spec["runs"]):
+        for level, make in PAIRS.items():
+            root = os.path.join(spec["root"], f"{level}-{run}")
+            drivers: dict[str, Driver] = {
+                "floor": StorageDriver(FloorPeer(root)),
+                "ours": make(root),
+                "cachelib": StorageDriver(CachelibPeer(os.path.join(root, "cachelib"))),
+            }
+            for driver in drivers.values():
+                driver.populate(sessions)
+                driver.prepare()
+            os.sync()
             for workload in WORKLOADS:
                 indexes = sequence(workload, sessions, spec["ops"], spec["seed"], run)
                 change = CHANGES[workload]
@@ -61,10 +64,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                         start = clock()
                         update(number, index, change)
                         seconds[name] += clock() - start
-                runs[workload].append({"ops": len(indexes), **{f"{k}_seconds": v for k, v in seconds.items()}})
-        for driver in drivers.values():
-            driver.close()
-        out["pairs"][level] = runs
+                timing = {f"{name}_seconds": value for name, value in seconds.items()}
+                out["pairs"][level][workload].append({"ops": len(indexes), **timing})
+            for driver in drivers.values():
+                driver.close()
+            shutil.rmtree(root, ignore_errors=True)
     out["rss_kb"] = peak_rss_kb()
     return out
 

@@ -355,7 +355,8 @@ def paired_section(res: Results) -> list[str]:
         "(alone, or through `session()`), the floor and cachelib take turns update by update over the same key "
         "sequence (who goes first rotates), so that all meet the disk in the same state; the floor's `<key>.json` "
         "files lie beside FileStorage's `k<key>.json` in the same shard folders, cachelib's in a folder of their own "
-        "beside them. Ratio: ours over theirs, the median of the runs' ratios.",
+        "beside them. Each run fills folders of its own, so that the median of the runs' ratios (ours over theirs) "
+        "is not one placement's luck.",
         "",
         "| sessions | pair | W1 ours / theirs ops/s (ratio) | W2 ours / theirs ops/s (ratio) "
         "| W3 ours / theirs ops/s (ratio) |",
@@ -381,7 +382,8 @@ def paired_section(res: Results) -> list[str]:
                 lines.append(f"| {n:,} | {label} vs {name} | {' | '.join(cells)} |")
     first = next((e for e in entries if "error" not in e), None)
     if first:
-        lines += ["", f"{first['ops']:,} updates per workload and run."]
+        runs = f", {first['runs']} runs" if "runs" in first else ""
+        lines += ["", f"{first['ops']:,} updates per workload and run{runs}."]
     return lines
 
 

@@ -127,7 +127,8 @@ class Context:
     @property
     def session(self) -> Any:
         """The session of this update (installed by a session middleware)."""
-        return self._holder().get()
+        holder = self._session  # read on every access of every update: no call to spare
+        return self._holder().get() if holder is None else holder.get()
 
     @session.setter
     def session(self, value: Any) -> None:

@@ -181,7 +181,7 @@ class _Fragment:
         return value
 
     def check_size(self, key: str, raw: bytes) -> None:
-        if self.max_size is None:
+        if self.max_size is None or len(raw) <= self.max_size // 2:
             return
         if len(raw) > self.max_size:
             raise SessionDataError(
@@ -189,8 +189,7 @@ class _Fragment:
                 "was stored. Keep sessions small (ids and settings, not histories), or raise max_size",
                 key=key,
             )
-        if len(raw) > self.max_size // 2:
-            _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
+        _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
 
 
 def _has_fast_path(storage: object) -> bool:

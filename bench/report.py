@@ -593,7 +593,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         "```sh",
         "pip install -e '.[bench]'",
-        "python bench/run.py                    # this file; ~15-20 minutes on 2 cores",
+        "python bench/run.py                    # this file; ~30 minutes on 2 cores",
         "python bench/run.py --scale-max 100k   # quicker: scale figures up to 100k sessions",
         "python bench/run.py --smoke            # seconds, for CI",
         "```",

@@ -282,7 +282,7 @@ class _Slot:
         got = fragment.read(key)
         if got is None:
             value = self._version = None
-            self._baseline = b"null"
+            self._stored, self._baseline = False, b"null"
         else:
             value, self._version, raw = got
             self._stored = True

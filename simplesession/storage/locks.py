@@ -92,26 +92,29 @@ class _Stripe:
         self._fd: int | None = None
 
     def acquire(self, key: str, timeout: float | None) -> None:
-        # The usual case, a free stripe, asks for no clock.
-        if not self._mutex.acquire(blocking=False) and not self._mutex.acquire(
-            timeout=-1 if timeout is None else timeout
-        ):
-            raise self._timeout(key, timeout)
+        # The usual case, a free stripe, asks for no clock. Waiting in this process and then
+        # for another process share one deadline.
+        deadline = None
+        if not self._mutex.acquire(blocking=False):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not self._mutex.acquire(timeout=-1 if timeout is None else timeout):
+                raise self._timeout(key, timeout)
         if self._depth == 0 and self.path is not None:
             try:
                 if self._fd is None or not lock_descriptor(self._fd, blocking=False):
-                    self._lock_file(key, timeout)
+                    self._lock_file(key, timeout, deadline)
             except BaseException:
                 self._mutex.release()
                 raise
         self._depth += 1
 
-    def _lock_file(self, key: str, timeout: float | None) -> None:
+    def _lock_file(self, key: str, timeout: float | None, deadline: float | None) -> None:
         fd = self._fd
         if fd is None:
             fd = self._fd = self._open(key)
             _opened(self)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         poll = _FIRST_POLL
         while not lock_descriptor(fd, blocking=False):
             left = None if deadline is None else deadline - time.monotonic()

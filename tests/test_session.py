@@ -592,19 +592,23 @@ def test_corrupt_session_file_gives_a_fresh_session_and_keeps_the_bytes(
 # -- the built-in storages' direct way in ---------------------------------------------
 
 
-def test_file_storage_through_the_middleware_writes_only_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    storage = FileStorage(tmp_path)
-    mw = session(initial=lambda: {"count": 0}, storage=storage)
-    replaced: list[str] = []
+@pytest.fixture
+def replaced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files that writes replace, in order."""
+    files: list[str] = []
     real_replace = os.replace
 
     def spy_replace(src: str, dst: str) -> None:
-        replaced.append(dst)
+        files.append(dst)
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy_replace)
+    return files
+
+
+def test_file_storage_through_the_middleware_writes_only_changes(tmp_path: Path, replaced: list[str]) -> None:
+    storage = FileStorage(tmp_path)
+    mw = session(initial=lambda: {"count": 0}, storage=storage)
     run(mw, message(), bump)
     run(mw, message(), lambda ctx: ctx.session["count"])
     run(mw, message(), lambda ctx: ctx.session)
@@ -638,20 +642,6 @@ def test_reordering_a_sessions_keys_counts_as_a_change() -> None:
     assert storage.count("write") == 1
     stored: Any = storage.read("42")
     assert list(stored) == ["b", "a"]
-
-
-@pytest.fixture
-def replaced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files that writes replace, in order."""
-    files: list[str] = []
-    real_replace = os.replace
-
-    def spy_replace(src: str, dst: str) -> None:
-        files.append(dst)
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", spy_replace)
-    return files
 
 
 @pytest.mark.parametrize("migrations", [None, {2: lambda value: value}], ids=["unversioned", "versioned"])

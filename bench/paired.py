@@ -18,6 +18,7 @@ Started by ``run.py`` as ``python paired.py`` with a JSON spec on stdin; prints 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 from peers import CachelibPeer, Driver, FloorPeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
 from workloads import CHANGES, WORKLOADS, peak_rss_kb, sequence
 
+HAVE_CACHELIB = importlib.util.find_spec("cachelib") is not None  # not installed: its turn is skipped
 PAIRS = {
     "storage": lambda root: StorageDriver(OursFilePeer(root)),
     "framework": lambda root: OursMiddlewareDriver(OursFilePeer(root)),
@@ -42,11 +44,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     for run in range(spec["runs"]):
         for level, make in PAIRS.items():
             root = os.path.join(spec["root"], f"{level}-{run}")
-            drivers: dict[str, Driver] = {
-                "floor": StorageDriver(FloorPeer(root)),
-                "ours": make(root),
-                "cachelib": StorageDriver(CachelibPeer(os.path.join(root, "cachelib"))),
-            }
+            drivers: dict[str, Driver] = {"floor": StorageDriver(FloorPeer(root)), "ours": make(root)}
+            if HAVE_CACHELIB:
+                drivers["cachelib"] = StorageDriver(CachelibPeer(os.path.join(root, "cachelib")))
             for driver in drivers.values():
                 driver.populate(sessions)
                 driver.prepare()

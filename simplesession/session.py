@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from . import data
 from .context import Context
-from .errors import MigrationError, SessionDataError, SessionKeyError
+from .errors import MigrationError, SessionDataError, SessionError, SessionKeyError
 from .keys import key_bytes
 from .storage import FileStorage
 from .storage.base import SweepReport, Version, ttl_seconds
@@ -245,7 +245,19 @@ class _Slot:
     multi session leave their locks to their :class:`_Run`.
     """
 
-    __slots__ = ("_baseline", "_held", "_loaded", "_run", "_stored", "_value", "_version", "fragment", "key", "why")
+    __slots__ = (
+        "_baseline",
+        "_ended",
+        "_held",
+        "_loaded",
+        "_run",
+        "_stored",
+        "_value",
+        "_version",
+        "fragment",
+        "key",
+        "why",
+    )
 
     def __init__(self, run: _Run | None, fragment: _Fragment, key: str | None, why: str) -> None:
         self._run = run
@@ -258,6 +270,7 @@ class _Slot:
         self._version: Version | None = None
         self._baseline: bytes | None = None
         self._held: AbstractContextManager[object] | None = None
+        self._ended = False  # once the update has ended, loading would take a lock nobody frees
 
     def get(self) -> Any:
         if not self._loaded:
@@ -272,6 +285,11 @@ class _Slot:
     def load(self) -> None:
         if self.key is None:
             raise SessionKeyError(f"no session for this update: {self.why}")
+        if self._ended:
+            raise SessionError(
+                f"the session {self.key!r} was first touched after its update had ended, so it was never loaded; "
+                "use ctx.session inside the handler"
+            )
         fragment, key = self.fragment, self.key
         if self._run is not None:
             self._run.lock()
@@ -334,6 +352,7 @@ class _Slot:
                 if write is not None:
                     write()
         finally:
+            self._ended = True
             held, self._held = self._held, None
             if held is not None:
                 held.__exit__(None, None, None)
@@ -392,6 +411,8 @@ class _Run:
                 for write in writes:
                     write()
         finally:
+            for slot in self.slots.values():
+                slot._ended = True
             while self._held:
                 self._held.pop().__exit__(None, None, None)
 

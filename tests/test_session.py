@@ -398,6 +398,28 @@ def test_lazy_session_loads_on_first_touch_and_writes_back() -> None:
     assert storage.read("42") == {"count": 2}
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+def test_a_lazy_session_first_touched_after_its_update_is_refused_and_locks_nothing(
+    tmp_path: Path, multi: bool
+) -> None:
+    storage = FileStorage(tmp_path, lock_timeout=0)
+    options: dict[str, Any] = {"initial": lambda: {"count": 0}, "storage": storage, "lazy": True, "prefix": ""}
+    mw = multi_session(chat=options) if multi else session(**options)
+
+    def chat_session(ctx: Context) -> Any:
+        return ctx.session.chat if multi else ctx.session
+
+    kept = run(mw, message(), lambda ctx: None)  # a handler that keeps ctx for later
+    with pytest.raises(SessionError, match="after its update had ended"):
+        chat_session(kept)
+    # Had it loaded, it would hold the chat's lock for ever: another thread could not get in.
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(run(mw, message(), lambda ctx: chat_session(ctx)["count"])))
+    thread.start()
+    thread.join(timeout=30)
+    assert len(got) == 1
+
+
 # -- 11. session_key -------------------------------------------------------------------
 
 

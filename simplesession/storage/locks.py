@@ -213,6 +213,7 @@ def _forget_stripes() -> None:
         if stripe._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(stripe._fd)
+            stripe._fd = None  # a lock held across the fork must not touch a reused number
     _stripes.clear()
     _kept.clear()
 

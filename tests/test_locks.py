@@ -119,3 +119,16 @@ def test_a_forked_child_leaves_its_parents_locks_held(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert state_of(tmp_path, "42") == "held"
     assert state_of(tmp_path, "42") == "free"
+
+
+def test_descriptors_over_the_limit_while_all_were_held_are_closed_on_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 2)
+    storage = FileStorage(tmp_path)
+    first, second, third = keys_on_distinct_stripes(storage, 3)
+    with storage.lock(first), storage.lock(second):
+        with storage.lock(third):  # a third while the two kept ones are held: none can close
+            assert len(open_lock_files(tmp_path)) == 3
+        assert len(open_lock_files(tmp_path)) <= 2
+    assert len(open_lock_files(tmp_path)) <= 2

@@ -165,11 +165,21 @@ class _Stripe:
                 try:
                     unlock_descriptor(self._fd)
                 except BaseException:
-                    fd, self._fd = self._fd, None
-                    os.close(fd)  # which unlocks it too
+                    self._close_kept()  # which unlocks it too
                     raise
+                if len(_kept) > KEPT_DESCRIPTORS:
+                    # Over the limit since the others were all in use when this one opened.
+                    self._close_kept()
         finally:
             self._mutex.release()
+
+    def _close_kept(self) -> None:
+        """Close the descriptor, which the caller holds ``_mutex`` for, and stop counting it."""
+        with _kept_lock:
+            _kept.pop(self, None)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _timeout(self, key: str, timeout: float | None) -> LockTimeout:
         where = f" ({self.path})" if self.path else ""

@@ -166,25 +166,25 @@ class Bot:
 
         Exceptions from middlewares and handlers propagate to the caller.
         """
-        ctx = Context(update, self)
-        chain = tuple(self._middlewares)
+        self._run(tuple(self._middlewares), 0, Context(update, self))
 
-        def run(index: int) -> None:
-            if index == len(chain):
-                self._dispatch(ctx)
-                return
-            called = False
+    def _run(self, chain: tuple[Middleware, ...], index: int, ctx: Context) -> None:
+        # A method, not a closure that calls itself: such a closure is a reference cycle,
+        # which would keep every update's context and session alive until the next garbage
+        # collection, and make those collections run far more often.
+        if index == len(chain):
+            self._dispatch(ctx)
+            return
+        called = False
 
-            def next_() -> None:
-                nonlocal called
-                if called:
-                    raise RuntimeError(f"middleware {chain[index]!r} called next() twice")
-                called = True
-                run(index + 1)
+        def next_() -> None:
+            nonlocal called
+            if called:
+                raise RuntimeError(f"middleware {chain[index]!r} called next() twice")
+            called = True
+            self._run(chain, index + 1, ctx)
 
-            chain[index](ctx, next_)
-
-        run(0)
+        chain[index](ctx, next_)
 
     def _dispatch(self, ctx: Context) -> None:
         for matches, handler in self._handlers:

@@ -413,6 +413,7 @@ class _Run:
         finally:
             for slot in self.slots.values():
                 slot._ended = True
+                slot._run = None  # the slots and their run refer to each other: no cycle to collect
             while self._held:
                 self._held.pop().__exit__(None, None, None)
 

@@ -1,16 +1,18 @@
-"""Sessions through Bot.handle_update: no lost update across threads and processes."""
+"""Sessions through Bot.handle_update: no lost update across threads and processes, no garbage left."""
 
 from __future__ import annotations
 
+import gc
 import io
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import start_python
 
-from simplesession import Bot, Context, FileStorage, session
+from simplesession import Bot, Context, FileStorage, MemoryStorage, SessionMiddleware, multi_session, session
 
 COUNT_BOT = """
     import io, sys
@@ -59,3 +61,45 @@ def test_threads_and_processes_counting_one_chat_lose_no_update(tmp_path: Path) 
     assert not any(t.is_alive() for t in threads)
     assert FileStorage(tmp_path, cache_size=0).read("42") == {"count": 700}
     assert len(replies) == len(set(replies)) == 400  # no two updates saw the same count
+
+
+@pytest.mark.parametrize("kind", ["session", "multi_session"])
+def test_a_handled_update_leaves_no_garbage_for_the_collector(tmp_path: Path, kind: str) -> None:
+    # Its context and sessions are freed as the update ends: none held until a garbage
+    # collection finds them in a reference cycle, and no collections caused by updates.
+    middleware: SessionMiddleware
+    if kind == "session":
+        middleware = session(initial=lambda: {"count": 0}, storage=FileStorage(tmp_path), sweep_interval=None)
+    else:
+        middleware = multi_session(
+            chat={"initial": lambda: {"count": 0}, "storage": FileStorage(tmp_path)},
+            user={"storage": MemoryStorage(), "get_session_key": lambda ctx: "u"},
+            sweep_interval=None,
+        )
+    bot = Bot(output=io.StringIO())
+    bot.use(middleware)
+
+    @bot.command("count")
+    def count(ctx: Context) -> None:
+        if kind == "session":
+            ctx.session["count"] += 1
+        else:
+            ctx.session.chat["count"] += 1
+            ctx.session.user = {"seen": True}
+        ctx.reply("counted")
+
+    bot.handle_update(count_update(0))  # first-use set-up (folders, caches) is not counted
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(1, 6):
+            bot.handle_update(count_update(n))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        found = gc.collect()
+        garbage = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == 0, f"updates left reference cycles of: {sorted(set(garbage))}"
+    assert FileStorage(tmp_path, cache_size=0).read("chat:42" if kind != "session" else "42") == {"count": 6}

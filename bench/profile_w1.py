@@ -7,8 +7,8 @@ W1 updates (``Bot.handle_update`` with ``session()``, cache 1024, no fsync). Pri
 functions that cost the most time of their own (tottime), and the library's functions by
 cumulative time, in microseconds per update.
 
-Then, without the profiler, it times the pieces of an update one by one, taking turns in
-batches over the same keys, with the floor's files in the same folders: what a middleware
+Then, without the profiler, it times the pieces of an update one by one, taking turns key
+by key over the same keys, with the floor's files in the same folders: what a middleware
 update costs over the storage calls it makes, and what those cost over the floor.
 """
 
@@ -54,13 +54,13 @@ def profile(sessions: int, ops: int, seed: int = 1) -> tuple[pstats.Stats, float
     return pstats.Stats(profiler), seconds, ops
 
 
-def breakdown(sessions: int, ops: int, seed: int = 2, batch: int = 250) -> list[dict[str, Any]]:
+def breakdown(sessions: int, ops: int, seed: int = 2) -> list[dict[str, Any]]:
     """Microseconds per call of each piece of an update, timed alone.
 
     FileStorage and the floor share one set of shard folders (so that where the disk put a
-    folder cannot favour either), and the pieces take turns a batch of keys at a time, over
-    3 passes, starting at another piece each batch, so that a disk slowing down or speeding
-    up, or busy with the last batch's writes, falls on all of them alike.
+    folder cannot favour either), and the pieces take turns key by key, over 3 passes,
+    starting at another piece each key, so that a disk slowing down or speeding up, or busy
+    with the last piece's writes, falls on all of them alike.
     """
     from simplesession import Bot, session
 
@@ -110,15 +110,14 @@ def breakdown(sessions: int, ops: int, seed: int = 2, batch: int = 250) -> list[
         for key in keys[:200]:  # warm up
             w1(key)
         seconds = dict.fromkeys((label for label, _ in pieces), 0.0)
+        orders = [pieces[turn:] + pieces[:turn] for turn in range(len(pieces))]
+        clock = time.perf_counter
         for _ in range(3):
-            for low in range(0, len(keys), batch):
-                part = keys[low : low + batch]
-                turn = (low // batch) % len(pieces)  # who follows the writes changes every batch
-                for label, piece in pieces[turn:] + pieces[:turn]:
-                    start = time.perf_counter()
-                    for key in part:
-                        piece(key)
-                    seconds[label] += time.perf_counter() - start
+            for number, key in enumerate(keys):
+                for label, piece in orders[number % len(orders)]:  # who follows the writes rotates
+                    start = clock()
+                    piece(key)
+                    seconds[label] += clock() - start
     return [{"piece": label, "us": total / (3 * len(keys)) * 1e6} for label, total in seconds.items()]
 
 

@@ -432,7 +432,7 @@ def profile_lines(profile: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "The pieces of an update timed alone, without the profiler: the same keys, the floor's files in the same "
-            "folders, the pieces taking turns a batch of keys at a time:",
+            "folders, the pieces taking turns key by key:",
             "",
             "| µs per call | piece |",
             "| ---: | --- |",

@@ -523,7 +523,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         "Every configuration has a store of its own, populated (and timed) in a process of its own before the "
         "runs, and reused by them; MemoryStorage is populated in every run, as its data dies with the process. "
-        "Stores filled "
+        "FileStorage is populated as the middleware writes, under each key's lock, so its lock files exist, as in "
+        "any folder a bot has used (creating one is a file creation, once in a folder's life). Stores filled "
         "in bulk (one pickle, one SQLite transaction) say `bulk`; stores with fsync are populated without it. "
         "Peak RSS is the largest `VmHWM` of the configuration's processes (for Redis the client's; for Node the "
         "whole `node` process). On disk is the allocated size (`du`) of the store's folder after its runs.",

@@ -166,9 +166,9 @@ class Bot:
 
         Exceptions from middlewares and handlers propagate to the caller.
         """
-        self._run(tuple(self._middlewares), 0, Context(update, self))
+        self._run_chain(tuple(self._middlewares), 0, Context(update, self))
 
-    def _run(self, chain: tuple[Middleware, ...], index: int, ctx: Context) -> None:
+    def _run_chain(self, chain: tuple[Middleware, ...], index: int, ctx: Context) -> None:
         # A method, not a closure that calls itself: such a closure is a reference cycle,
         # which would keep every update's context and session alive until the next garbage
         # collection, and make those collections run far more often.
@@ -182,7 +182,7 @@ class Bot:
             if called:
                 raise RuntimeError(f"middleware {chain[index]!r} called next() twice")
             called = True
-            self._run(chain, index + 1, ctx)
+            self._run_chain(chain, index + 1, ctx)
 
         chain[index](ctx, next_)
 

@@ -242,7 +242,8 @@ class _Slot:
 
     A single session (no ``run``) is its own update's run, and what ``ctx.session`` reads
     through: it takes its lock on load and releases it in :meth:`finish`. The sessions of a
-    multi session leave their locks to their :class:`_Run`.
+    multi session leave their locks to their :class:`_Run`, and forget it once it has
+    finished.
     """
 
     __slots__ = (
@@ -283,6 +284,10 @@ class _Slot:
         self._value = value
 
     def load(self) -> None:
+        # Read before _ended: a finishing run sets _ended before it clears _run, so a slot of
+        # a multi session that finds no run also finds its update ended, and never takes
+        # the single session's lock below.
+        run = self._run
         if self.key is None:
             raise SessionKeyError(f"no session for this update: {self.why}")
         if self._ended:
@@ -291,8 +296,8 @@ class _Slot:
                 "use ctx.session inside the handler"
             )
         fragment, key = self.fragment, self.key
-        if self._run is not None:
-            self._run.lock()
+        if run is not None:
+            run.lock()
         elif self._held is None and fragment.lock is not None:
             lock = fragment.lock(key)
             lock.__enter__()
@@ -542,9 +547,10 @@ class SessionMiddleware:
         """Install ``ctx.session``; load it now unless lazy (then on first touch)."""
         run: AnyRun
         if self.multi:
+            # Every key first: a get_session_key that raises leaves no half-built run behind.
+            keys = [(fragment, *fragment.key_for(ctx)) for fragment in self.fragments]
             run = _Run()
-            for fragment in self.fragments:
-                key, why = fragment.key_for(ctx)
+            for fragment, key, why in keys:
                 run.slots[fragment.name] = _Slot(run, fragment, key, why)
             ctx._session = _MultiHolder(run.slots)
             slots: Iterable[_Slot] = run.slots.values()

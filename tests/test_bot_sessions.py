@@ -6,6 +6,7 @@ import gc
 import io
 import subprocess
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -63,43 +64,67 @@ def test_threads_and_processes_counting_one_chat_lose_no_update(tmp_path: Path) 
     assert len(replies) == len(set(replies)) == 400  # no two updates saw the same count
 
 
-@pytest.mark.parametrize("kind", ["session", "multi_session"])
+def _ours(thing: object) -> bool:
+    """Whether ``thing`` is an object of this library, or a function defined in it."""
+    module = thing.__module__ if isinstance(thing, types.FunctionType) else type(thing).__module__
+    return module.startswith("simplesession")
+
+
+@pytest.mark.parametrize("kind", ["session", "lazy_session", "multi_session", "raising handler", "raising key"])
 def test_a_handled_update_leaves_no_garbage_for_the_collector(tmp_path: Path, kind: str) -> None:
-    # Its context and sessions are freed as the update ends: none held until a garbage
-    # collection finds them in a reference cycle, and no collections caused by updates.
+    # Its context and sessions are freed as the update ends, whether it succeeds or fails:
+    # none held until a garbage collection finds them in a reference cycle.
+    storage = FileStorage(tmp_path)
     middleware: SessionMiddleware
-    if kind == "session":
-        middleware = session(initial=lambda: {"count": 0}, storage=FileStorage(tmp_path), sweep_interval=None)
-    else:
+    if kind in ("multi_session", "raising handler", "raising key"):
+
+        def user_key(ctx: Context) -> str:
+            if kind == "raising key":
+                raise LookupError("no user")
+            return "u"
+
         middleware = multi_session(
-            chat={"initial": lambda: {"count": 0}, "storage": FileStorage(tmp_path)},
-            user={"storage": MemoryStorage(), "get_session_key": lambda ctx: "u"},
+            chat={"initial": lambda: {"count": 0}, "storage": storage},
+            user={"storage": MemoryStorage(), "get_session_key": user_key},
             sweep_interval=None,
         )
+    else:
+        lazy = kind == "lazy_session"
+        middleware = session(initial=lambda: {"count": 0}, storage=storage, sweep_interval=None, lazy=lazy)
     bot = Bot(output=io.StringIO())
     bot.use(middleware)
 
     @bot.command("count")
     def count(ctx: Context) -> None:
-        if kind == "session":
+        if isinstance(ctx.session, dict):
             ctx.session["count"] += 1
         else:
             ctx.session.chat["count"] += 1
             ctx.session.user = {"seen": True}
         ctx.reply("counted")
+        if kind == "raising handler":
+            raise RuntimeError("handler failed")
 
-    bot.handle_update(count_update(0))  # first-use set-up (folders, caches) is not counted
+    def handle(n: int) -> None:
+        try:
+            bot.handle_update(count_update(n))
+        except (RuntimeError, LookupError):
+            assert kind.startswith("raising")
+
+    handle(0)  # first-use set-up (folders, caches) is not counted
     gc.collect()
     gc.disable()
     try:
         for n in range(1, 6):
-            bot.handle_update(count_update(n))
+            handle(n)
         gc.set_debug(gc.DEBUG_SAVEALL)
-        found = gc.collect()
-        garbage = [type(o).__name__ for o in gc.garbage]
+        gc.collect()
+        left = sorted({type(thing).__name__ for thing in gc.garbage if _ours(thing)})
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert found == 0, f"updates left reference cycles of: {sorted(set(garbage))}"
-    assert FileStorage(tmp_path, cache_size=0).read("chat:42" if kind != "session" else "42") == {"count": 6}
+    assert left == [], f"updates left reference cycles of: {left}"
+    counted = 0 if kind.startswith("raising") else 6
+    key = "42" if kind in ("session", "lazy_session") else "chat:42"
+    assert FileStorage(tmp_path, cache_size=0).read(key) == (None if not counted else {"count": counted})

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import tracemalloc
 import unicodedata
 from pathlib import Path
 
@@ -208,6 +209,30 @@ def test_cache_keeps_at_most_cache_size_sessions(tmp_path: Path, monkeypatch: py
     assert counter.reads == 0
     assert storage.read("a") == "a"  # evicted as least recently used
     assert counter.reads == 1
+
+
+def test_a_small_cached_session_takes_about_a_kilobyte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the README tells users sizing cache_size: memory per cached session, bookkeeping included.
+    value = {"count": 3, "name": "someone", "lang": "en", "items": [1, 2, 3]}
+    keys = [str(1_000_000_000 + i) for i in range(2001)]
+    writer = FileStorage(tmp_path, cache_size=0)
+    for key in keys:
+        writer.write(key, value)
+    storage = FileStorage(tmp_path, cache_size=len(keys))
+    storage.read(keys[0])  # first-use set-up is not counted
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys[1:]:
+            assert storage.read(key) == value
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counter = OpenCounter(monkeypatch)
+    assert all(storage.read(key) == value for key in keys)
+    assert counter.reads == 0  # every session is in the cache: what was measured is the cache
+    per_session = held / (len(keys) - 1)
+    assert 300 < per_session < 1500
 
 
 def test_cache_sees_a_write_by_another_storage_object(tmp_path: Path) -> None:

@@ -425,15 +425,18 @@ class FileStorage(Storage):
         return entry if self.ttl is None else self._fresh(key, path, entry)
 
     def _fresh(self, key: str, path: str, entry: _Entry) -> _Entry | None:
-        """``entry`` if its session has not expired; a read also resets its idle clock."""
-        if self.ttl is None:
-            return entry
+        """``entry`` if its session has not expired; a read also resets its idle clock.
+
+        Only for a storage with a ``ttl``: its callers check that first, on the hot path.
+        """
+        ttl = self.ttl
+        assert ttl is not None
         ino, mtime, size = entry.stamp
         now = time.time_ns()
         age = now - mtime
-        if age > self.ttl * 1e9:
+        if age > ttl * 1e9:
             return None  # left for the sweep: reading never deletes
-        if age > self.ttl * TOUCH_FRACTION * 1e9:
+        if age > ttl * TOUCH_FRACTION * 1e9:
             try:
                 os.utime(path, ns=(now, now))
             except OSError as exc:

@@ -436,3 +436,37 @@ def test_cache_notices_a_replacement_with_equal_size_and_mtime(tmp_path: Path) -
     after = storage.path("k").stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert storage.read("k") == {"v": "new"}
+
+
+def test_reading_a_session_leaves_its_access_time_alone(tmp_path: Path) -> None:
+    # A read-only update writes nothing to the disk, not even an access time into the inode.
+    storage = FileStorage(tmp_path, cache_size=0)
+    storage.write("k", {"v": 1})
+    path = storage.path("k")
+    control = tmp_path / "control"
+    control.write_bytes(path.read_bytes())
+    for file in (path, control):
+        mtime = file.stat().st_mtime_ns
+        os.utime(file, ns=(mtime - 3_600 * 10**9, mtime))  # older than mtime: relatime updates it
+    old_atime = path.stat().st_atime_ns
+    control.read_bytes()
+    if control.stat().st_atime_ns == old_atime:
+        pytest.skip("this filesystem records no access times")
+    assert storage.read("k") == {"v": 1}
+    assert path.stat().st_atime_ns == old_atime
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOATIME"), reason="O_NOATIME is Linux's")
+def test_a_session_file_of_another_user_is_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(tmp_path, cache_size=0)
+    storage.write("k", {"v": 1})
+    real_open = os.open
+
+    def open_as_not_the_owner(path: str, flags: int, *args: int) -> int:
+        if flags & os.O_NOATIME:  # the kernel's answer to anyone but the file's owner
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_not_the_owner)
+    assert storage.read("k") == {"v": 1}
+    assert not list(tmp_path.glob("corrupt/*"))

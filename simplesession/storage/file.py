@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import logging
@@ -50,7 +51,11 @@ LOCK_DIR = ".locks"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
-_READ_FLAGS = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
+# Reading a session writes nothing to the disk: without O_NOATIME the first read after a
+# write would dirty the file's inode for its access time (which nothing here uses). The
+# kernel allows the flag on one's own files only; others are read without it.
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_READ_FLAGS = os.O_RDONLY | _O_CLOEXEC | _O_BINARY | _O_NOATIME
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW | _O_BINARY
 _UTIME_FD = os.utime in os.supports_fd
 _STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
@@ -463,7 +468,12 @@ class FileStorage(Storage):
         file's fault (too many open files, say).
         """
         try:
-            fd = os.open(path, _READ_FLAGS)
+            try:
+                fd = os.open(path, _READ_FLAGS)
+            except PermissionError as exc:
+                if exc.errno != errno.EPERM or not _O_NOATIME:
+                    raise
+                fd = os.open(path, _READ_FLAGS & ~_O_NOATIME)  # another user's file
         except FileNotFoundError:
             raise
         except (PermissionError, IsADirectoryError) as exc:

@@ -14,18 +14,18 @@ the two forms apart and keeps any name from being ``con``, ``nul`` or empty.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import zlib
 
-__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name"]
+__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name", "place_key"]
 
 SUFFIX = ".json"
 MAX_STEM = 120  # + prefix and suffix stays under eCryptfs's 143-byte limit
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
 _ALL_SAFE = re.compile(r"[a-z0-9_-]*\Z")
 _ESCAPE = re.compile(r"~([0-9a-f]{2})")
+_HEX = [f"{i:02x}" for i in range(256)]
 
 
 def key_bytes(key: str) -> bytes:
@@ -38,15 +38,20 @@ def key_bytes(key: str) -> bytes:
         raise ValueError(f"session key {key!r} is not valid Unicode (it has a lone surrogate)") from None
 
 
-@functools.lru_cache(maxsize=4096)
 def encode_key(key: str) -> tuple[str, str]:
     """``(shard, file name)`` for ``key``. The shard spreads files over 256 folders."""
+    shard, name, _ = place_key(key)
+    return shard, name
+
+
+def place_key(key: str) -> tuple[str, str, int]:
+    """``(shard, file name, hash)`` for ``key``: the hash (CRC-32 of its UTF-8) picks the shard."""
     raw = key_bytes(key)
-    shard = f"{zlib.crc32(raw) & 0xFF:02x}"
+    crc = zlib.crc32(raw)
     stem = key if _ALL_SAFE.match(key) else "".join(chr(b) if b in _SAFE else f"~{b:02x}" for b in raw)
     if len(stem) > MAX_STEM:
-        return shard, "h" + hashlib.sha256(raw).hexdigest() + SUFFIX
-    return shard, "k" + stem + SUFFIX
+        return _HEX[crc & 0xFF], "h" + hashlib.sha256(raw).hexdigest() + SUFFIX, crc
+    return _HEX[crc & 0xFF], "k" + stem + SUFFIX, crc
 
 
 def key_from_name(name: str) -> str | None:

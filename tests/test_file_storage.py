@@ -470,3 +470,21 @@ def test_a_session_file_of_another_user_is_still_read(tmp_path: Path, monkeypatc
     monkeypatch.setattr(os, "open", open_as_not_the_owner)
     assert storage.read("k") == {"v": 1}
     assert not list(tmp_path.glob("corrupt/*"))
+
+
+@pytest.mark.parametrize(
+    ("key", "file", "lock"),
+    [
+        ("42", "88/k42.json", "0b0.lock"),
+        ("Chat:42", "aa/k~43hat~3a42.json", "096.lock"),
+        ("é" * 300, "5c/h7250b66610f8b7dbd6f5e5426d2143bcba6d826cedb4bea8a358695da78db023.json", "0c7.lock"),
+    ],
+)
+def test_where_a_key_lives_never_changes(tmp_path: Path, key: str, file: str, lock: str) -> None:
+    # Every release must find the files and share the locks of the ones before it.
+    storage = FileStorage(tmp_path)
+    with storage.lock(key):
+        storage.write(key, {"v": 1})
+    assert storage.path(key) == tmp_path / file
+    assert (tmp_path / ".locks" / lock).exists()
+    assert [p.name for p in (tmp_path / ".locks").iterdir()] == [lock]

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ import platformdirs
 from .. import data
 from ..cache import LRUCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
-from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
+from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name, place_key
 from .base import Storage, SweepReport, Version, ttl_seconds
 from .document import BadDocument, data_json, decode_document, document_of
 from .locks import KeyLock, file_stripe
@@ -91,9 +90,9 @@ def _locate(directory: str, key: str) -> tuple[str, str, str]:
 
 @functools.lru_cache(maxsize=8192)
 def _locate_str(directory: str, key: str) -> tuple[str, str, str]:
-    shard, name = encode_key(key)
-    stripe = (zlib.crc32(key_bytes(key)) >> 8) % LOCK_STRIPES
+    shard, name, crc = place_key(key)
     folder = f"{directory}{os.sep}{shard}"
+    stripe = (crc >> 8) % LOCK_STRIPES  # the hash's other bits, so a shard's keys spread over the stripes
     return folder, f"{folder}{os.sep}{name}", f"{directory}{os.sep}{LOCK_DIR}{os.sep}{stripe:03x}.lock"
 
 

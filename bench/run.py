@@ -1,6 +1,6 @@
 """Benchmark simplesession's storages against the floor, other Python stores and grammY.
 
-    python bench/run.py                  # everything; writes bench/BENCHMARKS.md (~15-20 min)
+    python bench/run.py                  # everything; writes bench/BENCHMARKS.md (~35 min)
     python bench/run.py --smoke          # tiny sizes, seconds; for CI
     python bench/run.py --only 'ours-*' --only floor --sizes 1000 --scale-max 100000
 
@@ -340,7 +340,11 @@ def run_size(
             "ops": args.ops,
             "time_cap": args.time_cap,
             "seed": SEED,
-            "options": {"redis_url": redis_url, "redis_prefix": f"ssbench:{item.id}:{sessions}:"},
+            "options": {
+                "redis_url": redis_url,
+                "redis_prefix": f"ssbench:{item.id}:{sessions}:",
+                "sessions": sessions,
+            },
         }
 
     for item in runnable:

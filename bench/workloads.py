@@ -93,7 +93,8 @@ def work(spec: dict[str, Any]) -> dict[str, Any]:
             "sessions": sessions,
             "bulk": driver.populated_in_bulk,
         }
-    driver.prepare()
+    if spec["run_numbers"]:
+        driver.prepare()
     update_id = 0
     for run in spec["run_numbers"]:
         for workload in spec["workloads"]:

@@ -11,7 +11,9 @@ filled afresh. Pairs: the floor with FileStorage
 alone (storage level), and the floor with ``session()`` + FileStorage (framework level),
 each FileStorage with cache 1024. cachelib's FileSystemCache, the other file-per-key store
 with the same durability, takes its turn too, in a folder of its own beside them (its files
-are named by hash, in one folder).
+are named by hash, in one folder). So does, beside FileStorage alone, the floor without its
+crash safety (``InPlacePeer``: each write straight over the session file), which shows
+what the temporary file and the rename cost on the disk at hand.
 
 Started by ``run.py`` as ``python paired.py`` with a JSON spec on stdin; prints JSON.
 """
@@ -26,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from peers import CachelibPeer, Driver, FloorPeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
+from peers import CachelibPeer, Driver, FloorPeer, InPlacePeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
 from workloads import CHANGES, WORKLOADS, peak_rss_kb, sequence
 
 HAVE_CACHELIB = importlib.util.find_spec("cachelib") is not None  # not installed: its turn is skipped
@@ -47,6 +49,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             drivers: dict[str, Driver] = {"floor": StorageDriver(FloorPeer(root)), "ours": make(root)}
             if HAVE_CACHELIB:
                 drivers["cachelib"] = StorageDriver(CachelibPeer(os.path.join(root, "cachelib")))
+            if level == "storage":
+                drivers["inplace"] = StorageDriver(InPlacePeer(os.path.join(root, "inplace")))
             for driver in drivers.values():
                 driver.populate(sessions)
                 driver.prepare()

@@ -143,6 +143,23 @@ class FloorPeer(Peer):
             _sync_folder(folder)
 
 
+class InPlacePeer(FloorPeer):
+    """The floor without its crash safety: ``json.dumps`` written over the session file itself
+    (truncate, then write), as grammY's file adapter writes. Only to show what the temporary
+    file and the rename cost; a crash mid-write leaves an empty or torn file."""
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        folder, path = self._path(key)
+        raw = json.dumps(value)
+        try:
+            file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            file = open(path, "w", encoding="utf-8")  # noqa: SIM115
+        with file:
+            file.write(raw)
+
+
 class DiskcachePeer(Peer):
     def __init__(self, root: str) -> None:
         super().__init__(root)

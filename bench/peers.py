@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 CHAT_BASE = 1_000_000_000
 """Chat ``i`` of a workload has the id ``CHAT_BASE + i`` and the session key ``str(CHAT_BASE + i)``."""
@@ -128,12 +128,7 @@ class FloorPeer(Peer):
         folder, path = self._path(key)
         temp = path + ".tmp"
         raw = json.dumps(value)
-        try:
-            file = open(temp, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            file = open(temp, "w", encoding="utf-8")  # noqa: SIM115
-        with file:
+        with self._create(folder, temp) as file:
             file.write(raw)
             if self.fsync:
                 file.flush()
@@ -141,6 +136,15 @@ class FloorPeer(Peer):
         os.replace(temp, path)
         if self.fsync:
             _sync_folder(folder)
+
+    @staticmethod
+    def _create(folder: str, path: str) -> TextIO:
+        """``path`` opened for writing (truncated), its shard folder made on first use."""
+        try:
+            return open(path, "w", encoding="utf-8")
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            return open(path, "w", encoding="utf-8")
 
 
 class InPlacePeer(FloorPeer):
@@ -151,12 +155,7 @@ class InPlacePeer(FloorPeer):
     def write(self, key: str, value: dict[str, Any]) -> None:
         folder, path = self._path(key)
         raw = json.dumps(value)
-        try:
-            file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            file = open(path, "w", encoding="utf-8")  # noqa: SIM115
-        with file:
+        with self._create(folder, path) as file:
             file.write(raw)
 
 

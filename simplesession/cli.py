@@ -446,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         "import", cmd_import, "Read sessions from JSON lines (as export writes); all or nothing on bad input."
     )
     sub.add_argument("file", metavar="FILE", nargs="?", help="input file, default or '-': stdin")
+    sub.add_argument(
+        "--ttl",
+        type=parse_duration,
+        metavar="DURATION",
+        help="with --redis: the bot's ttl, so that the imported sessions expire like the rest "
+        f"(without it they have none until the bot next uses them); {_DURATION_HELP}",
+    )
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_false", dest="skip_existing", help="overwrite sessions (default)")
     mode.add_argument("--skip-existing", action="store_true", help="keep sessions that already exist")
@@ -456,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _storage(args: argparse.Namespace) -> Sessions:
     if args.redis is not None:
         try:
-            return RedisStorage(args.redis, prefix="simplesession:" if args.prefix is None else args.prefix)
+            prefix = "simplesession:" if args.prefix is None else args.prefix
+            return RedisStorage(args.redis, prefix=prefix, ttl=args.ttl if args.command == "import" else None)
         except ImportError as error:
             raise CliError(str(error)) from None
     # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
@@ -471,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.prefix is not None and args.redis is None:
             parser.error("argument --prefix: only with --redis")
+        if args.command == "import" and args.ttl is not None and args.redis is None:
+            # A file's idle clock is its modification time, which the import sets to now.
+            parser.error("argument --ttl: only with --redis (imported files count as used now; sweep --ttl ages them)")
     except SystemExit as stop:  # --help, or a usage error argparse has reported
         return stop.code if isinstance(stop.code, int) else 2
     logger = logging.getLogger("simplesession")

@@ -558,6 +558,33 @@ def test_files_move_to_redis_through_export_piped_into_import(folder: Path, redi
     assert_redis_holds_exactly(RedisStorage(redis_url, prefix=redis_prefix), SESSIONS)
 
 
+def test_import_into_redis_with_ttl_gives_each_session_the_bots_expiry(
+    folder: Path, redis_url: str, redis_prefix: str
+) -> None:
+    exported = cli("--dir", str(folder), "export").stdout
+    on_redis = ("--redis", redis_url, "--prefix", redis_prefix)
+    plain = cli(*on_redis, "import", stdin=exported)
+    assert plain.returncode == 0, plain.stderr
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    assert all(storage.client.pttl(f"{redis_prefix}s:{key}") == -1 for key in SESSIONS)  # none unless asked
+
+    timed = cli(*on_redis, "import", "--ttl", "2d", stdin=exported)
+    assert timed.returncode == 0, timed.stderr
+    for key in SESSIONS:
+        left = storage.client.pttl(f"{redis_prefix}s:{key}")
+        assert 2 * DAY * 1000 - 60_000 < left <= 2 * DAY * 1000, key
+    assert_redis_holds_exactly(storage, SESSIONS)
+
+
+def test_import_ttl_without_redis_is_a_usage_error_and_imports_nothing(folder: Path, tmp_path: Path) -> None:
+    exported = cli("--dir", str(folder), "export").stdout
+    target = tmp_path / "target"
+    result = cli("--dir", str(target), "import", "--ttl", "30d", stdin=exported)
+    assert result.returncode == 2
+    assert "--ttl: only with --redis" in result.stderr
+    assert not target.exists()
+
+
 def test_every_command_works_on_redis(redis_url: str, redis_prefix: str) -> None:
     storage = RedisStorage(redis_url, prefix=redis_prefix)
     for key, (value, version) in SESSIONS.items():

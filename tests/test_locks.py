@@ -81,6 +81,41 @@ def test_kept_lock_descriptors_are_bounded(tmp_path: Path, monkeypatch: pytest.M
     assert len(open_lock_files(tmp_path)) == 4
 
 
+LOW_LIMIT = """
+    import os, resource, sys
+    from simplesession import FileStorage
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    root = sys.argv[1]
+    storage = FileStorage(root)
+
+    def open_lock_files():
+        found = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found += os.readlink(f"/proc/self/fd/{fd}").startswith(os.path.join(root, ".locks", ""))
+            except OSError:
+                pass
+        return found
+
+    most = 0
+    for i in range(2000):
+        with storage.lock(f"chat-{i}"):
+            pass
+        most = max(most, open_lock_files())
+    print(len(os.listdir(os.path.join(root, ".locks"))), most)
+"""
+
+
+def test_kept_lock_descriptors_stay_within_a_quarter_of_a_low_open_file_limit(tmp_path: Path) -> None:
+    # macOS gives a process 256 open files: keeping all 256 lock files would use them all up.
+    result = run_python(LOW_LIMIT, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    stripes_used, most_open = map(int, result.stdout.split())
+    assert stripes_used == LOCK_STRIPES
+    assert most_open == 64 // 4
+
+
 def test_a_held_lock_is_never_closed_to_make_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 2)
     storage = FileStorage(tmp_path)

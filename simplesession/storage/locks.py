@@ -15,8 +15,10 @@ general machinery costs tens.
 
 Opening a lock file costs more than locking it (several times more beside a busy disk),
 so a stripe keeps its descriptor open between holds. At most :data:`KEPT_DESCRIPTORS` are
-kept per process; past that, the longest-kept idle ones are closed. Keeping them relies on
-lock files never being deleted, which holds: nothing removes a current stripe's file.
+kept per process, and no more than a quarter of its open-file limit (a low one, such as
+macOS's usual 256, must leave the bot room for its own files and sockets); past that, the
+longest-kept idle ones are closed. Keeping them relies on lock files never being deleted,
+which holds: nothing removes a current stripe's file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ import time
 from types import TracebackType
 
 from filelock import lock_descriptor, unlock_descriptor
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousands of descriptors
+    resource = None  # type: ignore[assignment]
 
 from ..errors import LockTimeout, StorageError
 
@@ -45,8 +52,9 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os,
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 KEPT_DESCRIPTORS = 256
-"""How many lock files a process keeps open between holds: all of one storage's stripes, and
-a quarter of the usual limit of 1,024 open files."""
+"""How many lock files a process keeps open between holds at most: all of one storage's
+stripes, and a quarter of Linux's usual limit of 1,024 open files. Under a lower limit,
+a quarter of it."""
 
 
 class KeyLock:
@@ -167,7 +175,7 @@ class _Stripe:
                 except BaseException:
                     self._close_kept()  # which unlocks it too
                     raise
-                if len(_kept) > KEPT_DESCRIPTORS:
+                if len(_kept) > _kept_limit:
                     # Over the limit since the others were all in use when this one opened.
                     self._close_kept()
         finally:
@@ -197,13 +205,27 @@ _stripes_lock = threading.Lock()
 # Stripes with a kept descriptor, first opened first.
 _kept: dict[_Stripe, None] = {}
 _kept_lock = threading.Lock()
+# How many may be kept, worked out afresh at each new descriptor: the bot may change its
+# open-file limit at any time, and opening one is rare.
+_kept_limit = KEPT_DESCRIPTORS
+
+
+def _keepable() -> int:
+    if resource is None:  # pragma: no cover - Windows
+        return KEPT_DESCRIPTORS
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return KEPT_DESCRIPTORS
+    return max(1, min(KEPT_DESCRIPTORS, soft // 4))
 
 
 def _opened(stripe: _Stripe) -> None:
     """Count ``stripe``'s new descriptor; past the limit, close the longest-kept idle ones."""
+    global _kept_limit
     with _kept_lock:
         _kept[stripe] = None
-        excess = len(_kept) - KEPT_DESCRIPTORS
+        _kept_limit = _keepable()
+        excess = len(_kept) - _kept_limit
         if excess <= 0:
             return
         for other in list(_kept):

@@ -25,7 +25,7 @@ from .errors import SessionError
 from .keys import key_bytes
 from .storage.base import SweepReport
 from .storage.document import check_version
-from .storage.file import CORRUPT_DIR, SWEEP_SLICES, FileStorage, default_directory
+from .storage.file import CORRUPT_DIR, SWEEP_SLICES, FileStorage, default_directory, flush_to_disk
 from .storage.redis import RedisStorage
 
 __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
@@ -314,7 +314,7 @@ def cmd_export(storage: Sessions, args: argparse.Namespace) -> int:
         with os.fdopen(fd, "wb") as out:
             count = _export(storage, out.write)
             out.flush()
-            os.fsync(out.fileno())
+            flush_to_disk(out.fileno())
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from simplesession import CorruptSessionError, FileStorage, StorageError, default_directory
+from simplesession.storage import file as file_module
 from simplesession.storage.file import LOCK_STRIPES
 
 HOSTILE_KEYS = [
@@ -413,6 +415,72 @@ def test_fsync_flushes_file_and_folder(tmp_path: Path, monkeypatch: pytest.Monke
     storage.delete("k")
     assert synced == [str(path.parent)]
     assert FileStorage(tmp_path, cache_size=0).read("k") is None
+
+
+F_FULLFSYNC = 51  # macOS's command number; Linux has no such command
+
+
+def full_fsync_as_on_macos(monkeypatch: pytest.MonkeyPatch, refusal: int | None = None) -> list[str]:
+    """Give FileStorage macOS's F_FULLFSYNC (refused with ``refusal``, if given); the paths it flushed."""
+    flushed: list[str] = []
+
+    def fake_fcntl(fd: int, command: int, *args: int) -> int:
+        assert command == F_FULLFSYNC
+        if refusal is not None:
+            raise OSError(refusal, os.strerror(refusal))
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return 0
+
+    monkeypatch.setattr(file_module, "_F_FULLFSYNC", F_FULLFSYNC)
+    monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
+    return flushed
+
+
+def test_fsync_flushes_the_drives_cache_where_the_system_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # macOS's fsync leaves the data in the drive's cache, which a power loss empties.
+    storage = FileStorage(tmp_path, fsync=True)
+    storage.write("k", {"v": 1})
+    flushed = full_fsync_as_on_macos(monkeypatch)
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("plain fsync where F_FULLFSYNC works"))
+    storage.write("k", {"v": 2})
+    folder = str(storage.path("k").parent)
+    assert len(flushed) == 2
+    assert flushed[0].startswith(folder + os.sep + ".tmp-")  # the file, before the rename
+    assert flushed[1] == folder  # the rename itself
+    assert FileStorage(tmp_path, cache_size=0).read("k") == {"v": 2}
+
+
+def test_fsync_falls_back_where_the_file_system_refuses_a_full_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path, fsync=True)
+    storage.write("k", {"v": 1})
+    full_fsync_as_on_macos(monkeypatch, refusal=errno.ENOTSUP)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    storage.write("k", {"v": 2})
+    assert len(synced) == 2
+    assert FileStorage(tmp_path, cache_size=0).read("k") == {"v": 2}
+
+
+def test_a_full_flush_that_fails_fails_the_write_and_keeps_the_old_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path, fsync=True)
+    storage.write("k", {"v": 1})
+    full_fsync_as_on_macos(monkeypatch, refusal=errno.EIO)
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("an I/O error is not a refusal: no fallback"))
+    with pytest.raises(StorageError) as caught:
+        storage.write("k", {"v": 2})
+    assert caught.value.errno == errno.EIO
+    assert FileStorage(tmp_path, cache_size=0).read("k") == {"v": 1}
+    assert not [name for name in os.listdir(storage.path("k").parent) if name.startswith(".tmp-")]
 
 
 def test_without_fsync_nothing_is_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

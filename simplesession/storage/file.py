@@ -18,6 +18,11 @@ from typing import Any, NamedTuple
 
 import platformdirs
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 from .. import data
 from ..cache import LRUCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
@@ -57,6 +62,10 @@ _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _READ_FLAGS = os.O_RDONLY | _O_CLOEXEC | _O_BINARY | _O_NOATIME
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW | _O_BINARY
 _UTIME_FD = os.utime in os.supports_fd
+# macOS's fsync hands the data to the drive, whose cache a power loss empties; F_FULLFSYNC
+# flushes that cache too. File systems without it (some network ones) refuse it thus:
+_F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
+_NO_FULLFSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOTTY}
 _STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
 _temp_names = itertools.count()
 _pid = os.getpid()  # for temporary names; a system call each time otherwise
@@ -79,6 +88,18 @@ class _Entry(NamedTuple):
     value: Any
     version: Version | None
     raw: bytes | None
+
+
+def flush_to_disk(fd: int) -> None:
+    """Make what was written to ``fd`` survive a power loss, as far as the system allows."""
+    if _F_FULLFSYNC is not None:
+        try:
+            fcntl.fcntl(fd, _F_FULLFSYNC)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_FULLFSYNC:
+                raise
+    os.fsync(fd)
 
 
 def _locate(directory: str, key: str) -> tuple[str, str, str]:
@@ -582,7 +603,7 @@ class FileStorage(Storage):
                 else:  # pragma: no cover - Windows
                     os.utime(temp, ns=(now, now))
                 if self.fsync:
-                    os.fsync(fd)
+                    flush_to_disk(fd)
                 st = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -622,7 +643,7 @@ class FileStorage(Storage):
         except OSError as exc:  # pragma: no cover - Windows cannot open folders
             raise self._error("sync the folder of", key, folder, exc) from exc
         try:
-            os.fsync(fd)
+            flush_to_disk(fd)
         except OSError as exc:
             raise self._error("sync the folder of", key, folder, exc) from exc
         finally:

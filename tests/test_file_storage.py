@@ -393,7 +393,8 @@ def test_failed_write_keeps_old_value_and_leaves_no_temp_file(tmp_path: Path, mo
     assert [p.name for p in storage.path("k").parent.iterdir()] == [storage.path("k").name]
 
 
-def test_fsync_flushes_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def spy_on_fsync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths that ``os.fsync`` flushes from now on, in order."""
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -402,6 +403,11 @@ def test_fsync_flushes_file_and_folder(tmp_path: Path, monkeypatch: pytest.Monke
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy_fsync)
+    return synced
+
+
+def test_fsync_flushes_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = spy_on_fsync(monkeypatch)
     storage = FileStorage(tmp_path, fsync=True)
     storage.write("k", {"v": 1})
     path = storage.path("k")
@@ -436,36 +442,23 @@ def full_fsync_as_on_macos(monkeypatch: pytest.MonkeyPatch, refusal: int | None 
     return flushed
 
 
-def test_fsync_flushes_the_drives_cache_where_the_system_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # macOS's fsync leaves the data in the drive's cache, which a power loss empties.
+@pytest.mark.parametrize("refusal", [None, errno.ENOTSUP], ids=["full flush", "refused, so plain fsync"])
+def test_fsync_flushes_the_drives_cache_where_the_system_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int | None
+) -> None:
+    # macOS's fsync leaves the data in the drive's cache, which a power loss empties. A file
+    # system that refuses F_FULLFSYNC (some network ones) gets what it has: fsync.
     storage = FileStorage(tmp_path, fsync=True)
     storage.write("k", {"v": 1})
-    flushed = full_fsync_as_on_macos(monkeypatch)
-    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("plain fsync where F_FULLFSYNC works"))
+    fully = full_fsync_as_on_macos(monkeypatch, refusal)
+    plainly = spy_on_fsync(monkeypatch)
     storage.write("k", {"v": 2})
+    flushed, unused = (fully, plainly) if refusal is None else (plainly, fully)
     folder = str(storage.path("k").parent)
     assert len(flushed) == 2
     assert flushed[0].startswith(folder + os.sep + ".tmp-")  # the file, before the rename
     assert flushed[1] == folder  # the rename itself
-    assert FileStorage(tmp_path, cache_size=0).read("k") == {"v": 2}
-
-
-def test_fsync_falls_back_where_the_file_system_refuses_a_full_flush(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    storage = FileStorage(tmp_path, fsync=True)
-    storage.write("k", {"v": 1})
-    full_fsync_as_on_macos(monkeypatch, refusal=errno.ENOTSUP)
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy_fsync)
-    storage.write("k", {"v": 2})
-    assert len(synced) == 2
+    assert unused == []
     assert FileStorage(tmp_path, cache_size=0).read("k") == {"v": 2}
 
 

@@ -82,34 +82,28 @@ def test_kept_lock_descriptors_are_bounded(tmp_path: Path, monkeypatch: pytest.M
 
 
 LOW_LIMIT = """
-    import os, resource, sys
+    import resource, sys
+    from pathlib import Path
     from simplesession import FileStorage
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    root = sys.argv[1]
+    root, tests = Path(sys.argv[1]), sys.argv[2]
+    sys.path.insert(0, tests)
+    from test_locks import open_lock_files
+
     storage = FileStorage(root)
-
-    def open_lock_files():
-        found = 0
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                found += os.readlink(f"/proc/self/fd/{fd}").startswith(os.path.join(root, ".locks", ""))
-            except OSError:
-                pass
-        return found
-
     most = 0
     for i in range(2000):
         with storage.lock(f"chat-{i}"):
             pass
-        most = max(most, open_lock_files())
-    print(len(os.listdir(os.path.join(root, ".locks"))), most)
+        most = max(most, len(open_lock_files(root)))
+    print(len(list((root / ".locks").iterdir())), most)
 """
 
 
 def test_kept_lock_descriptors_stay_within_a_quarter_of_a_low_open_file_limit(tmp_path: Path) -> None:
     # macOS gives a process 256 open files: keeping all 256 lock files would use them all up.
-    result = run_python(LOW_LIMIT, str(tmp_path))
+    result = run_python(LOW_LIMIT, str(tmp_path), str(Path(__file__).parent))
     assert result.returncode == 0, result.stderr
     stripes_used, most_open = map(int, result.stdout.split())
     assert stripes_used == LOCK_STRIPES

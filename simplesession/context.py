@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .errors import SessionError
 
-if TYPE_CHECKING:
-    from .bot import Bot
-
-__all__ = ["Context", "SessionHolder"]
+__all__ = ["Context", "MessageSender", "SessionHolder"]
 
 # Update fields whose value is a message; the first present one is ctx.message.
 _MESSAGE_FIELDS = (
@@ -57,16 +54,24 @@ class SessionHolder(Protocol):
     def set(self, value: Any) -> None: ...
 
 
+class MessageSender(Protocol):
+    """What :meth:`Context.reply` sends with, such as a :class:`~simplesession.Bot`."""
+
+    def send_message(self, chat_id: int, text: str, **options: Any) -> Any:
+        """Send ``text`` to the chat ``chat_id``; ``options`` are further ``sendMessage`` fields."""
+
+
 class Context:
     """One update, as a handler sees it.
 
     :ivar update: the raw update, a dict as the Bot API sends it.
-    :ivar bot: the :class:`~simplesession.Bot` that received it, if any.
+    :ivar bot: what replies are sent with: the :class:`~simplesession.Bot` that received
+        the update, any other :class:`MessageSender`, or ``None``.
     """
 
     __slots__ = ("_session", "bot", "update")
 
-    def __init__(self, update: dict[str, Any], bot: Bot | None = None) -> None:
+    def __init__(self, update: dict[str, Any], bot: MessageSender | None = None) -> None:
         if not isinstance(update, dict):
             raise TypeError(f"an update is a dict as the Bot API sends it, not {type(update).__name__}")
         self.update = update

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import signal
@@ -9,13 +10,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import pytest
 from fakebotapi import FakeBotAPI
 
+from simplesession import context as context_module
 from simplesession.bot import Bot
-from simplesession.context import Context
+from simplesession.context import Context, MessageSender
 from simplesession.errors import SessionError
 
 LOGGER = "simplesession.bot"
@@ -374,6 +377,38 @@ def test_reply_on_the_console_prints_the_text() -> None:
     bot.on("message")(lambda ctx: ctx.reply("hello back"))
     bot.handle_update(message("hello"))
     assert out.getvalue() == "hello back\n"
+
+
+def test_reply_sends_with_any_object_that_has_send_message() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[tuple[int, str, dict[str, Any]]] = []
+
+        def send_message(self, chat_id: int, text: str, **options: Any) -> Any:
+            self.sent.append((chat_id, text, options))
+            return "sent"
+
+    recorder = Recorder()
+    senders: list[MessageSender] = [recorder, Bot()]  # mypy checks that both are senders
+    assert Context(message(chat_id=5), bot=senders[0]).reply("x", parse_mode="HTML") == "sent"
+    assert recorder.sent == [(5, "x", {"parse_mode": "HTML"})]
+
+
+def test_context_module_does_not_import_the_bot_module() -> None:
+    # Read from the source: the package imports bot anyway, so sys.modules cannot tell,
+    # and an import under TYPE_CHECKING never runs.
+    tree = ast.parse(Path(context_module.__file__ or "").read_text("utf-8"))
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, ["simplesession" if node.level else "", node.module]))
+            modules.add(base)
+            # "from . import bot" imports a module too.
+            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    assert "simplesession.errors" in modules, modules
+    assert "simplesession.bot" not in modules, modules
 
 
 def test_call_api_without_a_token_is_refused_clearly() -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import itertools
-import json
 import logging
 import re
 import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO, TypeVar
 
+from .botapi import TOKEN_REFUSED, BotAPI, CallFailed
 from .context import Context
 from .errors import SessionError
 
@@ -34,19 +31,8 @@ _H = TypeVar("_H", bound=Handler)
 _M = TypeVar("_M", bound=Middleware)
 
 _COMMAND_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
-# Telegram answers 401 to a revoked token and 404 to a malformed one; retrying helps neither.
-_TOKEN_REFUSED = (401, 404)
 # The last acknowledging call asks for no waiting, so it need not wait long for an answer.
 _ACK_TIMEOUT = 10.0
-
-
-class _CallFailed(Exception):
-    """A Bot API call failed: ``code`` is the Bot API error code, None for network trouble."""
-
-    def __init__(self, message: str, *, code: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retry_after = retry_after
 
 
 class Bot:
@@ -220,54 +206,21 @@ class Bot:
         """
         if self.token is None:
             raise SessionError(f"cannot call {method}: this bot has no token, so it only talks on the console")
+        api = self._api()
         try:
-            return self._call(method, params, self.poll_timeout + 10)
-        except _CallFailed as error:
+            return api.call(method, params, self.poll_timeout + 10)
+        except CallFailed as error:
+            # Only 401: a 404 here may as well be a misspelt method.
             if error.code == 401:
-                raise self._token_refused(error) from None
+                raise api.token_refused(error) from None
             raise SessionError(f"{method} failed: {error}") from error
 
-    def _call(self, method: str, params: dict[str, Any], timeout: float) -> Any:
-        request = urllib.request.Request(
-            f"{self.api_url}/bot{self.token}/{method}",
-            data=json.dumps(params).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        status: int | None = None
-        try:
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    status = response.status
-                    body = response.read()
-            except urllib.error.HTTPError as error:
-                # The Bot API explains its errors in a JSON body, whatever the status.
-                status = error.code
-                with error:
-                    body = error.read()
-            answer = json.loads(body)
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            if status is not None and status >= 400:
-                raise _CallFailed(f"HTTP {status}", code=status) from error
-            raise _CallFailed(_describe(error)) from error
-        if not isinstance(answer, dict):
-            raise _CallFailed(f"HTTP {status}: the answer is not a Bot API answer")
-        if answer.get("ok") is True:
-            return answer.get("result")
-        code = answer.get("error_code")
-        code = code if isinstance(code, int) else status
-        parameters = answer.get("parameters")
-        retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
-        raise _CallFailed(
-            f"HTTP {code}: {answer.get('description') or 'no description'}",
-            code=code,
-            retry_after=retry_after if isinstance(retry_after, (int, float)) else None,
-        )
-
-    def _token_refused(self, error: _CallFailed) -> SessionError:
-        return SessionError(
-            f"the Bot API at {self.api_url} refused the bot token ({error}); "
-            "check the token @BotFather gave you, and api_url"
-        )
+    def _api(self) -> BotAPI:
+        # Made for each call, as token and api_url are public attributes and each call
+        # has always read them afresh.
+        if self.token is None:
+            raise RuntimeError("a bot without a token makes no Bot API calls")
+        return BotAPI(self.token, self.api_url)
 
     # -- running -----------------------------------------------------------------------
 
@@ -305,9 +258,9 @@ class Bot:
             while not self._stop.is_set():
                 try:
                     updates = self._get_updates(offset)
-                except _CallFailed as error:
-                    if error.code in _TOKEN_REFUSED:
-                        raise self._token_refused(error) from None
+                except CallFailed as error:
+                    if error.code in TOKEN_REFUSED:
+                        raise self._api().token_refused(error) from None
                     wait = delay if error.retry_after is None else error.retry_after
                     _log.warning("getUpdates failed (%s); retrying in %g s", error, wait)
                     self._stop.wait(wait)
@@ -333,8 +286,8 @@ class Bot:
             # The server forgets updates only when asked for later ones; ask once more so
             # that a restart does not handle these again.
             try:
-                self._call("getUpdates", {"offset": offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
-            except _CallFailed as error:
+                self._api().call("getUpdates", {"offset": offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
+            except CallFailed as error:
                 _log.warning("could not acknowledge the handled updates (%s); they may come again", error)
         _log.info("stopped polling")
 
@@ -342,11 +295,11 @@ class Bot:
         timeout = self.poll_timeout
         # The Bot API takes whole seconds; send 30, not 30.0.
         wire_timeout = int(timeout) if float(timeout).is_integer() else timeout
-        result = self._call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + 10)
+        result = self._api().call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + 10)
         if not isinstance(result, list) or not all(
             isinstance(update, dict) and isinstance(update.get("update_id"), int) for update in result
         ):
-            raise _CallFailed("the answer is not a list of updates")
+            raise CallFailed("the answer is not a list of updates")
         return result
 
     def _run_console(self) -> None:
@@ -412,15 +365,3 @@ class Bot:
     def _log_interrupted(self) -> None:
         if self._interrupted:
             _log.info("interrupted (Ctrl-C): stopped after the update being handled")
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, urllib.error.URLError):
-        if isinstance(error.reason, str):
-            return error.reason
-        error = error.reason
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, ValueError):
-        return f"malformed answer: {error}"
-    return str(error) or type(error).__name__

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 import pytest
-from fakebotapi import FakeBotAPI
+from fakebotapi import BOT_USER, FakeBotAPI
 
 from simplesession import context as context_module
 from simplesession.bot import Bot
+from simplesession.botapi import TOKEN_REFUSED, BotAPI, CallFailed
 from simplesession.context import Context, MessageSender
 from simplesession.errors import SessionError
 
@@ -700,6 +701,18 @@ def test_handler_exception_is_logged_and_polling_goes_on(
     assert record.exc_info is not None
     assert f"update {poisoned['update_id']}" in record.getMessage()
     assert api.acknowledged_offset == last["update_id"] + 1
+
+
+def test_bot_api_call_returns_the_result_or_raises_with_the_code(api: FakeBotAPI) -> None:
+    bot_api = BotAPI(api.token, api.url + "/")
+    assert bot_api.call("getMe", {}, JOIN_TIMEOUT) == BOT_USER
+    api.fail_next(429)
+    with pytest.raises(CallFailed, match="HTTP 429: Too Many Requests") as failed:
+        bot_api.call("getUpdates", {"timeout": 0}, JOIN_TIMEOUT)
+    assert (failed.value.code, failed.value.retry_after) == (429, 0.2)
+    with pytest.raises(CallFailed) as failed:
+        BotAPI("1:wrong", api.url).call("getMe", {}, JOIN_TIMEOUT)
+    assert failed.value.code in TOKEN_REFUSED
 
 
 def test_send_message_failure_raises_with_the_api_description(api: FakeBotAPI) -> None:

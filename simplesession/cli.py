@@ -1,4 +1,4 @@
-"""The ``simplesession`` command: look at, clean up and move the sessions of a FileStorage or RedisStorage.
+"""The ``simplesession`` command: look at, clean up and move the sessions of any storage.
 
 Run ``simplesession --help`` (or ``python -m simplesession --help``). Every failure is one
 line on stderr and a non-zero exit status: 1 when something went wrong, 2 for a usage
@@ -18,24 +18,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar
 
 from . import data
 from .errors import SessionError
 from .keys import key_bytes
-from .storage.base import SweepReport
+from .storage import FileStorage, RedisStorage, Storage, StorageStats, default_directory
+from .storage._fs import flush_to_disk
 from .storage.document import check_version
-from .storage.file import CORRUPT_DIR, SWEEP_SLICES, FileStorage, default_directory, flush_to_disk
-from .storage.redis import RedisStorage
 
 __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
 
 PROG = "simplesession"
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or seconds (3600)"
-
-Sessions = FileStorage | RedisStorage
-_S = TypeVar("_S", bound=Sessions)
 
 
 class CliError(Exception):
@@ -151,49 +147,35 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _place(storage: Sessions) -> str:
-    if isinstance(storage, RedisStorage):
-        return f"{storage.server} (prefix {storage.prefix!r})"
-    return str(storage.directory)
-
-
-def _existing(storage: _S) -> _S:
-    """``storage``, or :class:`CliError` if its folder is missing (most likely a wrong --dir/--app)."""
-    if isinstance(storage, RedisStorage):
-        return storage
-    if not storage.directory.exists():
-        raise CliError(f"no sessions at {storage.directory} (it does not exist); use --dir or --app")
-    if not storage.directory.is_dir():
-        raise CliError(f"{storage.directory} is not a directory; use --dir or --app")
+def _existing(storage: Storage) -> Storage:
+    """``storage``, or :class:`CliError` if it is not there (most likely a wrong --dir/--app)."""
+    why = storage.missing()
+    if why is not None:
+        raise CliError(f"no sessions at {storage.location} ({why}); use --dir or --app")
     return storage
 
 
-def _missing(storage: Sessions, key: str) -> CliError:
-    return CliError(f"no session {key!r} at {_place(storage)}; see the keys with ls")
+def _missing(storage: Storage, key: str) -> CliError:
+    return CliError(f"no session {key!r} at {storage.location}; see the keys with ls")
 
 
 # -- commands --------------------------------------------------------------------------
 
 
-def cmd_ls(storage: Sessions, args: argparse.Namespace) -> int:
+def cmd_ls(storage: Storage, args: argparse.Namespace) -> int:
     for key in sorted(_existing(storage).keys()):
         if not args.long:
             print(key)
             continue
-        if isinstance(storage, RedisStorage):
-            found = storage.describe(key)
-            if found is not None:  # None: removed since the listing
-                print(f"{key}\t{found[0]}\t{_iso(found[1]) or '-'}")
-            continue
-        try:
-            st = storage.path(key).stat()
-        except FileNotFoundError:
-            continue  # removed since the listing
-        print(f"{key}\t{st.st_size}\t{_iso(st.st_mtime)}")
+        found = storage.describe(key)
+        if found is not None:  # None: removed since the listing
+            # The last use where the storage keeps it, else when the session expires.
+            when = found.used if found.used is not None else found.expires
+            print(f"{key}\t{found.size}\t{_iso(when) or '-'}")
     return 0
 
 
-def cmd_show(storage: Sessions, args: argparse.Namespace) -> int:
+def cmd_show(storage: Storage, args: argparse.Namespace) -> int:
     found = _existing(storage).read_versioned(args.key)
     if found is None:
         raise _missing(storage, args.key)
@@ -201,18 +183,14 @@ def cmd_show(storage: Sessions, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rm(storage: Sessions, args: argparse.Namespace) -> int:
+def cmd_rm(storage: Storage, args: argparse.Namespace) -> int:
     _existing(storage)
     status = 0
     for key in args.keys:
         try:
             # Under the lock, so that an update in flight cannot write the session back after us.
             with storage.lock(key):
-                if isinstance(storage, RedisStorage):
-                    found = storage.describe(key) is not None
-                else:
-                    found = os.path.lexists(storage.path(key))
-                if not found:
+                if storage.describe(key) is None:
                     raise _missing(storage, key)
                 storage.delete(key)
         except (CliError, SessionError, ValueError) as error:
@@ -221,60 +199,50 @@ def cmd_rm(storage: Sessions, args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_path(storage: Sessions, args: argparse.Namespace) -> int:
-    if isinstance(storage, RedisStorage):
-        raise CliError(f"path has no meaning for Redis (session {args.key!r} is the key {storage.prefix}s:{args.key})")
-    print(storage.path(args.key))
+def cmd_path(storage: Storage, args: argparse.Namespace) -> int:
+    path = storage.path(args.key)
+    if path is None:
+        raise CliError(f"path has no meaning for {storage.kind} (session {args.key!r} is {storage.where(args.key)})")
+    print(path)
     return 0
 
 
-def _redis_stats(storage: RedisStorage, args: argparse.Namespace) -> int:
-    stats = storage.stats()
-    figures = {"server": storage.server, "prefix": storage.prefix, "sessions": stats.sessions, "bytes": stats.bytes}
-    figures.update(set_aside=stats.corrupt_files, locks=stats.lock_files)
-    if args.json:
+def _print_stats(storage: Storage, stats: StorageStats, as_json: bool) -> None:
+    about, details = storage.about(), stats.details
+    if as_json:
+        figures: dict[str, Any] = {figure.name: figure.value for figure in about}
+        figures.update(sessions=stats.sessions, bytes=stats.bytes, oldest=_iso(stats.oldest), newest=_iso(stats.newest))
+        figures.update((figure.name, figure.value) for figure in details)
         print(json.dumps(figures, indent=2, ensure_ascii=False))
-        return 0
-    aside = f"{stats.corrupt_files} (keys {storage.prefix}aside:*)" if stats.corrupt_files else "0"
-    print(f"server:        {storage.server}\nprefix:        {storage.prefix}\nsessions:      {stats.sessions}")
-    print(f"size:          {_human(stats.bytes)}\nset aside:     {aside}\nlocks held:    {stats.lock_files}")
-    return 0
+        return
+    rows = [(figure.label, figure.text or str(figure.value)) for figure in about if figure.label]
+    rows += [("sessions", str(stats.sessions)), ("size", _human(stats.bytes))]
+    rows += [("oldest use", _iso(stats.oldest) or "-"), ("newest use", _iso(stats.newest) or "-")]
+    rows += [(figure.label, figure.text or str(figure.value)) for figure in details if figure.label]
+    for label, text in rows:
+        print(f"{label + ':':<15}{text}")
 
 
-def cmd_stats(storage: Sessions, args: argparse.Namespace) -> int:
-    if isinstance(storage, RedisStorage):
-        return _redis_stats(storage, args)
+def cmd_stats(storage: Storage, args: argparse.Namespace) -> int:
     with Progress("counting") as progress:
         stats = _existing(storage).stats(progress)
-    corrupt_dir = storage.directory / CORRUPT_DIR
-    if args.json:
-        figures = {"directory": str(storage.directory), **vars(stats), "corrupt_dir": str(corrupt_dir)}
-        figures.update(oldest=_iso(stats.oldest), newest=_iso(stats.newest))
-        print(json.dumps(figures, indent=2, ensure_ascii=False))
-        return 0
-    corrupt = f"{stats.corrupt_files} (in {corrupt_dir})" if stats.corrupt_files else "0"
-    print(f"directory:     {storage.directory}\nsessions:      {stats.sessions}\nsize:          {_human(stats.bytes)}")
-    print(f"oldest use:    {_iso(stats.oldest) or '-'}\nnewest use:    {_iso(stats.newest) or '-'}")
-    print(f"temp files:    {stats.temp_files}\ncorrupt files: {corrupt}\nlock files:    {stats.lock_files}")
+    _print_stats(storage, stats, args.json)
     return 0
 
 
-def cmd_sweep(storage: Sessions, args: argparse.Namespace) -> int:
-    if isinstance(storage, RedisStorage):
-        print("nothing to do: Redis expires idle sessions itself (RedisStorage(ttl=...) sets the expiry on")
-        print("every write and renews it on every read), and the locks of crashed bots expire too")
+def cmd_sweep(storage: Storage, args: argparse.Namespace) -> int:
+    if storage.expires_by_itself:
+        print(f"nothing to do: {storage.kind} expires idle sessions itself (a storage's ttl is set as their")
+        print("expiry on every write and renewed on every read), and the locks of crashed bots expire too")
         return 0
-    report = SweepReport()
     with Progress("sweeping") as progress:
-        for done, part in enumerate(_existing(storage).sweep_slices(args.ttl, dry_run=args.dry_run), 1):
-            report += part
-            progress(done, SWEEP_SLICES)
+        report = _existing(storage).sweep(args.ttl, dry_run=args.dry_run, progress=progress)
     remove = "would remove" if args.dry_run else "removed"
     if args.dry_run:
         print("dry run: nothing was removed")
     if args.ttl is None:
         print("no --ttl given: sessions are kept, only leftover files are cleaned up")
-    print(f"scanned {_plural(report.scanned, 'session')} in {storage.directory}")
+    print(f"scanned {_plural(report.scanned, 'session')} in {storage.location}")
     if args.ttl is not None:
         print(f"{remove} {_plural(report.removed, 'session')} idle for more than {format_duration(args.ttl)}")
         print(f"kept {_plural(report.in_use, 'idle session')} because an update is using it")
@@ -283,7 +251,7 @@ def cmd_sweep(storage: Sessions, args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(storage: Sessions, write: Callable[[bytes], object]) -> int:
+def _export(storage: Storage, write: Callable[[bytes], object]) -> int:
     """Write every session as one JSON line, in key order; the number written."""
     keys = sorted(storage.keys())
     count = 0
@@ -298,7 +266,7 @@ def _export(storage: Sessions, write: Callable[[bytes], object]) -> int:
     return count
 
 
-def cmd_export(storage: Sessions, args: argparse.Namespace) -> int:
+def cmd_export(storage: Storage, args: argparse.Namespace) -> int:
     _existing(storage)
     if args.file in (None, "-"):
         _export(storage, sys.stdout.buffer.write)
@@ -366,7 +334,7 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
     return entries
 
 
-def cmd_import(storage: Sessions, args: argparse.Namespace) -> int:
+def cmd_import(storage: Storage, args: argparse.Namespace) -> int:
     source = "stdin" if args.file in (None, "-") else args.file
     try:
         if args.file in (None, "-"):
@@ -387,7 +355,7 @@ def cmd_import(storage: Sessions, args: argparse.Namespace) -> int:
                     imported += 1
             progress(done, len(entries))
     kept = f", kept {_plural(skipped, 'existing session')}" if args.skip_existing else ""
-    print(f"imported {_plural(imported, 'session')} into {_place(storage)}{kept}")
+    print(f"imported {_plural(imported, 'session')} into {storage.location}{kept}")
     return 0
 
 
@@ -419,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, func: Callable[[Sessions, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+    def command(name: str, func: Callable[[Storage, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(func=func)
         return sub
@@ -460,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _storage(args: argparse.Namespace) -> Sessions:
+def _storage(args: argparse.Namespace) -> Storage:
     if args.redis is not None:
         try:
             prefix = "simplesession:" if args.prefix is None else args.prefix

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import SessionDataError
 
-__all__ = ["check_copy", "copy", "decode", "encode"]
+__all__ = ["MAX_DEPTH", "NotSessionData", "check_copy", "checked_copy", "copy", "decode", "encode"]
 
 _SCALARS = (bool, type(None))
 _CONTAINERS = (dict, list)
@@ -47,20 +47,40 @@ def copy(value: Any) -> Any:
     return value
 
 
-def check_copy(value: Any, key: str | None = None) -> Any:
-    """A deep copy of ``value``, or :class:`SessionDataError` naming what is not JSON data."""
+class NotSessionData(ValueError):
+    """A value is not session data: at ``where`` in it, ``what`` is wrong (``str()`` says both)."""
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where} {what}")
+        self.where = where
+        self.what = what
+
+
+def checked_copy(value: Any) -> Any:
+    """A deep copy of ``value``, or :class:`NotSessionData` naming what in it is not JSON data.
+
+    The one set of rules for session data, applied to what is written and to what is read.
+    """
     try:
         return _check_copy(value, MAX_DEPTH)
     except _Refused:
-        problem = _find_problem(value, "session", MAX_DEPTH)
-        assert problem is not None
-        where, what = problem
+        pass
+    problem = _find_problem(value, "session", MAX_DEPTH)
+    assert problem is not None
+    raise NotSessionData(*problem)
+
+
+def check_copy(value: Any, key: str | None = None) -> Any:
+    """A deep copy of ``value``, or :class:`SessionDataError` naming what is not JSON data."""
+    try:
+        return checked_copy(value)
+    except NotSessionData as problem:
         whose = f"session {key!r}" if key is not None else "a session"
         raise SessionDataError(
-            f"cannot store {whose}: {where} {what}; sessions hold only JSON data "
+            f"cannot store {whose}: {problem}; sessions hold only JSON data "
             "(dict with str keys, list, str, int, float, bool, None)",
             key=key,
-            where=where,
+            where=problem.where,
         ) from None
 
 

@@ -9,19 +9,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, TypeAlias
 
 from . import data
 from .context import Context
 from .errors import MigrationError, SessionDataError, SessionError, SessionKeyError
 from .keys import key_bytes
 from .storage import FileStorage
-from .storage.base import SweepReport, Version, ttl_seconds
+from .storage.document import Version
+from .storage.plain import PlainStorage, SessionStore, session_store
+from .storage.values import SweepReport, ttl_seconds
 
 __all__ = ["MultiSession", "SessionMiddleware", "SessionStorage", "lazy_session", "multi_session", "session"]
 
 _log = logging.getLogger(__name__)
-_MISSING = object()
 
 DEFAULT_MAX_SIZE = 1 << 20
 """Bytes of JSON a session may take by default (1 MiB); a WARNING is logged above half."""
@@ -32,22 +33,14 @@ Next = Callable[[], object]
 KeyFunction = Callable[[Context], "str | None"]
 
 
-@runtime_checkable
-class SessionStorage(Protocol):
-    """The least a storage needs: the three methods of grammY's adapters."""
-
-    def read(self, key: str) -> Any | None: ...
-
-    def write(self, key: str, value: Any) -> None: ...
-
-    def delete(self, key: str) -> None: ...
+SessionStorage = PlainStorage
+"""The least a storage needs: the three methods of grammY's adapters."""
 
 
 class _Fragment:
     """The options of one session (of one fragment, for multi sessions)."""
 
     __slots__ = (
-        "fast",
         "get_session_key",
         "initial",
         "latest",
@@ -82,8 +75,6 @@ class _Fragment:
                 f"initial=lambda: {{'count': 0}}, not a {type(initial).__name__}: one shared object "
                 "would leak changes from one chat into every other"
             )
-        if storage is not None and not isinstance(storage, SessionStorage):
-            raise TypeError(f"{where}: storage must have read, write and delete methods, not {storage!r}")
         if get_session_key is not None and not callable(get_session_key):
             raise TypeError(f"{where}: get_session_key must be a function of ctx, not {get_session_key!r}")
         if prefix is not None and not isinstance(prefix, str):
@@ -94,13 +85,16 @@ class _Fragment:
             raise ValueError(f"{where}: max_size must be a number of bytes > 0 or None, not {max_size!r}")
         self.name = name
         self.initial = initial
-        self.storage: SessionStorage = _storage_with_ttl(where, storage, ttl_seconds(ttl))
+        # The idle clock lives with the data (file times, Redis expiry), so ttl is the storage's.
+        seconds = ttl_seconds(ttl)
+        self.storage: SessionStore = FileStorage(ttl=seconds) if storage is None else session_store(storage, where)
+        self.storage.use_ttl(seconds, where)
         self.get_session_key = get_session_key
         # Fragments share the default folder, so each gets its own key space by default.
         self.prefix = prefix if prefix is not None else ("" if name is None else f"{name}:")
         self.migrations = _sorted_migrations(where, migrations)
         self.latest: Version | None = self.migrations[-1][0] if self.migrations else None
-        if self.migrations and not hasattr(self.storage, "read_versioned"):
+        if self.migrations and not self.storage.records_versions:
             raise TypeError(
                 f"{where}: migrations need a storage that records versions (FileStorage, MemoryStorage, "
                 f"RedisStorage), not {self.storage!r}; a storage of your own can migrate in its read()"
@@ -108,8 +102,7 @@ class _Fragment:
         self.validate = validate
         self.max_size = max_size
         self.lazy = bool(lazy)
-        self.fast = _has_fast_path(self.storage)
-        self.lock: Callable[[str], AbstractContextManager[object]] | None = getattr(self.storage, "lock", None)
+        self.lock = self.storage.lock
 
     def key_for(self, ctx: Context) -> tuple[str | None, str]:
         """The storage key for ``ctx``, or ``None`` and why there is none."""
@@ -140,22 +133,11 @@ class _Fragment:
 
     def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:
         """``(value, version, its JSON if the storage knows it)``, or ``None``."""
-        if self.fast:
-            return self.storage._read_for_session(key)  # type: ignore[attr-defined,no-any-return]
-        if self.migrations:
-            got = self.storage.read_versioned(key)  # type: ignore[attr-defined]
-            return None if got is None else (*got, None)
-        value = self.storage.read(key)
-        return None if value is None else (value, None, None)
+        return self.storage.read_for_session(key, versions=bool(self.migrations))
 
     def write(self, key: str, value: Any, raw: bytes) -> None:
         """Store ``value``, a private checked copy whose JSON is ``raw``, at the newest version."""
-        if self.fast:
-            self.storage._write_for_session(key, value, raw, self.latest)  # type: ignore[attr-defined]
-        elif self.latest is not None:
-            self.storage.write(key, value, version=self.latest)  # type: ignore[call-arg]
-        else:
-            self.storage.write(key, value)
+        self.storage.write_for_session(key, value, raw, self.latest)
 
     def migrate(self, key: str, value: Any, version: Version | None) -> Any:
         """``value`` (stored at ``version``, ``None`` being the oldest) brought up to date."""
@@ -190,33 +172,6 @@ class _Fragment:
                 key=key,
             )
         _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
-
-
-def _has_fast_path(storage: object) -> bool:
-    # The built-in storages hand the middleware their stored JSON and take its checked
-    # copy, which spares encoding and checking each session twice. A subclass that
-    # overrides read or write (to migrate, say) must be called through them instead.
-    cls = type(storage)
-    owner = next((c for c in cls.__mro__ if "_read_for_session" in c.__dict__), None)
-    return owner is not None and all(
-        getattr(cls, name) is owner.__dict__[name] for name in ("read", "read_versioned", "write")
-    )
-
-
-def _storage_with_ttl(where: str, storage: SessionStorage | None, ttl: float | None) -> SessionStorage:
-    # The idle clock lives with the data (file times, Redis expiry), so ttl is the storage's.
-    if storage is None:
-        return FileStorage(ttl=ttl)
-    if ttl is None:
-        return storage
-    current = getattr(storage, "ttl", _MISSING)
-    if current is _MISSING:
-        raise TypeError(f"{where}: ttl needs a storage with expiry (FileStorage, MemoryStorage, RedisStorage)")
-    if current is None:
-        storage.ttl = ttl  # type: ignore[attr-defined]
-    elif current != ttl:
-        raise ValueError(f"{where}: ttl={ttl} conflicts with the storage's own ttl={current}")
-    return storage
 
 
 def _sorted_migrations(
@@ -298,7 +253,7 @@ class _Slot:
         fragment, key = self.fragment, self.key
         if run is not None:
             run.lock()
-        elif self._held is None and fragment.lock is not None:
+        elif self._held is None:
             lock = fragment.lock(key)
             lock.__enter__()
             self._held = lock
@@ -316,7 +271,7 @@ class _Slot:
                 try:
                     checked = fragment.validate(value)
                 except Exception as exc:
-                    _set_aside(fragment.storage, key, f"validate() refused it: {type(exc).__name__}: {exc}")
+                    fragment.storage.set_aside(key, f"validate() refused it: {type(exc).__name__}: {exc}")
                     value, self._stored, self._baseline = None, False, None
                 else:
                     if checked is not None:
@@ -329,9 +284,13 @@ class _Slot:
         self._value = value
         self._loaded = True
 
-    def lock_of(self) -> AbstractContextManager[object] | None:
-        lock = self.fragment.lock
-        return None if self.key is None or lock is None else lock(self.key)
+    def lock_of(self) -> tuple[str, AbstractContextManager[object]] | None:
+        """The name and lock of this session, if it has a key."""
+        key = self.key
+        if key is None:
+            return None
+        storage = self.fragment.storage
+        return storage.lock_name(key), storage.lock(key)
 
     def change(self) -> Callable[[], None] | None:
         """How to write this session back (checked already), or ``None`` if unchanged."""
@@ -370,20 +329,6 @@ def _dumps(value: Any) -> bytes | None:
         return None  # not JSON data: the write-back check says where
 
 
-def _set_aside(storage: SessionStorage, key: str, reason: str) -> None:
-    set_aside = getattr(storage, "set_aside", None)
-    if set_aside is not None:
-        set_aside(key, reason)
-        return
-    # A storage of the user's own: keep the value under a side key, then free the key.
-    value = storage.read(key)
-    if value is not None:
-        aside = f"{key}~set-aside~{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        storage.write(aside, value)
-        _log.error("session %r: %s; kept it as %r, starting afresh", key, reason, aside)
-    storage.delete(key)
-
-
 class _Run:
     """The sessions of one update's multi session, and the locks that guard them until write-back."""
 
@@ -400,10 +345,9 @@ class _Run:
         self._locked = True
         locks: dict[str, AbstractContextManager[object]] = {}
         for slot in self.slots.values():
-            lock = slot.lock_of()
-            if lock is not None:
-                name = getattr(lock, "name", None) or f"{id(slot.fragment.storage):x}:{slot.key}"
-                locks.setdefault(name, lock)
+            named = slot.lock_of()
+            if named is not None:
+                locks.setdefault(*named)
         for name in sorted(locks):
             locks[name].__enter__()
             self._held.append(locks[name])
@@ -487,7 +431,7 @@ class _Sweeper:
     most one slice (a 256th of a FileStorage), so no update pays for a whole sweep.
     """
 
-    def __init__(self, storages: list[Any], interval: float) -> None:
+    def __init__(self, storages: list[SessionStore], interval: float) -> None:
         self._storages = storages
         self._interval = interval
         self._gap = interval / 1024
@@ -531,7 +475,7 @@ class SessionMiddleware:
         self.fragments = fragments
         self.multi = multi
         interval = ttl_seconds(sweep_interval, "sweep_interval")
-        storages = list({id(f.storage): f.storage for f in fragments if hasattr(f.storage, "sweep_slices")}.values())
+        storages = list({id(f.storage): f.storage for f in fragments}.values())
         self._sweeper = _Sweeper(storages, interval) if interval is not None and storages else None
 
     def __call__(self, ctx: Context, next: Next) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from simplesession import CorruptSessionError, FileStorage, StorageError, default_directory
-from simplesession.storage import file as file_module
+from simplesession.storage import _fs as fs_module
 from simplesession.storage.file import LOCK_STRIPES
 
 HOSTILE_KEYS = [
@@ -437,7 +437,7 @@ def full_fsync_as_on_macos(monkeypatch: pytest.MonkeyPatch, refusal: int | None 
         flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
         return 0
 
-    monkeypatch.setattr(file_module, "_F_FULLFSYNC", F_FULLFSYNC)
+    monkeypatch.setattr(fs_module, "_F_FULLFSYNC", F_FULLFSYNC)
     monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
     return flushed
 

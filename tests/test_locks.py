@@ -9,7 +9,7 @@ import pytest
 from helpers import run_python
 
 from simplesession import FileStorage, LockTimeout
-from simplesession.storage import locks
+from simplesession.storage import stripes
 from simplesession.storage.file import LOCK_STRIPES
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds descriptors' paths in /proc")
@@ -72,7 +72,7 @@ def test_a_lock_file_is_opened_once_and_kept_between_holds(tmp_path: Path, monke
 
 
 def test_kept_lock_descriptors_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 4)
+    monkeypatch.setattr(stripes, "KEPT_DESCRIPTORS", 4)
     storage = FileStorage(tmp_path)
     for key in keys_on_distinct_stripes(storage, 12):
         with storage.lock(key):
@@ -111,7 +111,7 @@ def test_kept_lock_descriptors_stay_within_a_quarter_of_a_low_open_file_limit(tm
 
 
 def test_a_held_lock_is_never_closed_to_make_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 2)
+    monkeypatch.setattr(stripes, "KEPT_DESCRIPTORS", 2)
     storage = FileStorage(tmp_path)
     held, *others = keys_on_distinct_stripes(storage, 8)
     with storage.lock(held):
@@ -153,7 +153,7 @@ def test_a_forked_child_leaves_its_parents_locks_held(tmp_path: Path) -> None:
 def test_descriptors_over_the_limit_while_all_were_held_are_closed_on_release(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(locks, "KEPT_DESCRIPTORS", 2)
+    monkeypatch.setattr(stripes, "KEPT_DESCRIPTORS", 2)
     storage = FileStorage(tmp_path)
     first, second, third = keys_on_distinct_stripes(storage, 3)
     with storage.lock(first), storage.lock(second):

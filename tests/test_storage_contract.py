@@ -145,7 +145,7 @@ def test_lock_is_reentrant_in_one_thread(storage: Storage) -> None:
 
 
 def test_lock_excludes_another_thread_until_released(storage: Storage) -> None:
-    storage.lock_timeout = 0.2  # type: ignore[attr-defined]
+    storage.lock_timeout = 0.2
     outcome: list[str] = []
 
     def contender() -> None:
@@ -170,7 +170,7 @@ def test_lock_excludes_another_thread_until_released(storage: Storage) -> None:
 
 
 def test_lock_timeout_is_a_timeout_and_a_storage_error(storage: Storage) -> None:
-    storage.lock_timeout = 0.05  # type: ignore[attr-defined]
+    storage.lock_timeout = 0.05
     caught: list[BaseException] = []
 
     def contender() -> None:
@@ -192,7 +192,7 @@ def test_lock_timeout_is_a_timeout_and_a_storage_error(storage: Storage) -> None
 
 
 def test_other_keys_stay_free_while_one_is_locked(storage: Storage) -> None:
-    storage.lock_timeout = 2  # type: ignore[attr-defined]
+    storage.lock_timeout = 2
     done = threading.Event()
 
     def other() -> None:

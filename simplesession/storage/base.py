@@ -1,137 +1,533 @@
-"""The storage contract, documented once here; the adapters only implement it."""
+"""The storage contract, written once: public methods own the policy, backends implement hooks.
+
+A backend stores *documents* (see :mod:`~simplesession.storage.document`) under string keys
+and answers a few raw hooks (``_get``, ``_put``, ...). All a user relies on is decided here,
+the same for every backend: which keys and values are accepted, on write and on read (one
+set of rules); versions; ``ttl`` and ``lock_timeout``; the front cache; what becomes of a
+stored value that cannot be a session; the idle sweep; the session middleware's way in.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import enum
+import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Hashable, Iterator
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
 
-__all__ = ["Storage", "SweepReport", "Version", "ttl_seconds"]
+from .. import data
+from ..cache import LRUCache
+from ..errors import CorruptSessionError, LockTimeout, StorageError
+from .document import BadDocument, Version, check_version, data_json, decode_document, document_of
+from .locks import KeyLock, LockSpace
+from .values import (
+    Figure,
+    KeyInfo,
+    Listed,
+    Progress,
+    StorageStats,
+    Stored,
+    SweepReport,
+    Unreadable,
+    check_key,
+    check_lock_timeout,
+    ttl_seconds,
+)
 
-Version = int | float
-"""A schema version of session data: any int or float, compared numerically."""
+__all__ = ["TOUCH_FRACTION", "Storage"]
+
+_log = logging.getLogger("simplesession.storage")
+
+TOUCH_FRACTION = 0.01
+"""A read refreshes a session's idle clock once it is this fraction of the ttl old, so that
+reads need not write each time; sessions may expire up to 1 % early."""
 
 
-def ttl_seconds(ttl: float | timedelta | None, what: str = "ttl") -> float | None:
-    """``ttl`` as seconds (``None`` stays ``None``); ``ValueError`` if it is not a positive duration."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise TypeError(f"{what} must be seconds (a number) or a timedelta, not {type(ttl).__name__} {ttl!r}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"{what} must be a positive duration, not {ttl!r}")
-    return seconds
+class _Default(enum.Enum):
+    TIMEOUT = "the storage's lock_timeout"
 
 
-@dataclasses.dataclass
-class SweepReport:
-    """What a sweep found and did.
-
-    :ivar scanned: sessions looked at.
-    :ivar removed: idle sessions removed (or, in a dry run, that would be).
-    :ivar bytes_freed: bytes of the removed sessions and debris.
-    :ivar debris: leftovers removed: temporary files of crashed writers, stray lock files.
-    :ivar in_use: idle sessions kept because an update held their lock or wrote them meanwhile.
-    """
-
-    scanned: int = 0
-    removed: int = 0
-    bytes_freed: int = 0
-    debris: int = 0
-    in_use: int = 0
-
-    def __iadd__(self, other: SweepReport) -> SweepReport:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
-        return self
+class _Entry(NamedTuple):
+    # What the front cache holds for a key. ``raw`` is the value's JSON once known, which
+    # spares the middleware encoding it again.
+    stamp: Hashable
+    value: Any
+    version: Version | None
+    raw: bytes | None
 
 
 class Storage(ABC):
     """Where sessions live: a map from string keys to JSON data.
 
-    Any object with ``read``, ``write`` and ``delete`` can serve as a session storage (the
-    shape of grammY's adapters, so a custom adapter ports one to one). The built-in adapters
-    derive from this class and also offer ``has``, ``keys`` and ``lock``.
+    Keys are strings of valid Unicode. Values are JSON data: ``dict`` with ``str`` keys,
+    ``list``, ``str``, ``int``, finite ``float``, ``bool`` and ``None``, by exact type, nested
+    at most :data:`simplesession.data.MAX_DEPTH` levels; anything else raises
+    :class:`~simplesession.SessionDataError` and leaves the stored value as it was. Values are
+    isolated: changing an object after writing it, or one returned by ``read``, never changes
+    what is stored. What is read is checked by the same rules: a stored value that breaks
+    them (or is no session document of its key) is set aside and kept, an ERROR is logged on
+    the ``simplesession`` logger, and the key reads as missing.
 
-    Values are JSON data: ``dict`` with ``str`` keys, ``list``, ``str``, ``int``, finite
-    ``float``, ``bool`` and ``None``, by exact type. Anything else raises
-    :class:`~simplesession.SessionDataError` and leaves the stored value as it was. Values
-    are isolated: changing an object after writing it, or one returned by ``read``, never
-    changes what is stored.
+    A backend derives from this class, implements the hooks below and passes its
+    :class:`~simplesession.storage.locks.LockSpace` to ``__init__``. (Any object with
+    ``read``, ``write`` and ``delete`` can serve the middleware too, as grammY's adapters do.)
+
+    :param locks: how the backend's locks are taken.
+    :param ttl: seconds (or a ``timedelta``) after which a session that was neither read nor
+        written reads as missing; ``None`` keeps sessions for ever.
+    :param lock_timeout: seconds :meth:`lock` waits before raising
+        :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+    :param cache_size: how many decoded sessions to keep in memory, validated by
+        :meth:`_stamp` on each use (0: none). Only for backends whose stamps are cheap.
     """
 
-    #: Seconds after which a session that was neither read nor written reads as missing;
-    #: ``None`` keeps sessions for ever.
-    ttl: float | None
+    #: What kind of place it is, for messages ("files", "Redis").
+    kind: ClassVar[str] = "storage"
+    #: Whether the place removes idle sessions itself (Redis's expiry): then ``ttl`` is
+    #: the backend's to pass on and a sweep only counts; else the idle clock is :meth:`_age`.
+    expires_by_itself: ClassVar[bool] = False
+    _fast: ClassVar[bool] = True
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides read or write (to migrate old data, say) must see every
+        # session the middleware loads and stores; the others are served without a copy or
+        # a check too many (see read_for_session).
+        cls._fast = all(getattr(cls, name) is getattr(Storage, name) for name in ("read", "read_versioned", "write"))
+
+    def __init__(
+        self,
+        *,
+        locks: LockSpace,
+        ttl: float | timedelta | None = None,
+        lock_timeout: float | None = 10.0,
+        cache_size: int = 0,
+    ) -> None:
+        self._locks = locks
+        self.ttl = ttl_seconds(ttl)
+        self.lock_timeout = lock_timeout
+        self._cache: LRUCache[str, _Entry] | None = LRUCache(cache_size) if cache_size else None
+        if cache_size and type(self)._stamp is Storage._stamp:
+            raise TypeError(f"{type(self).__name__} has no cheap stamps, so it cannot keep a cache")
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds after which an unused session reads as missing, or ``None``."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, ttl: float | timedelta | None) -> None:
+        self._ttl = ttl_seconds(ttl)
+        # The idle clock is the backend's own unless the place expires sessions by itself.
+        self._idle_ttl = None if self.expires_by_itself else self._ttl
+
+    @property
+    def lock_timeout(self) -> float | None:
+        """Seconds :meth:`lock` waits before raising :class:`~simplesession.LockTimeout`, or ``None``."""
+        return self._lock_timeout
+
+    @lock_timeout.setter
+    def lock_timeout(self, timeout: float | None) -> None:
+        self._lock_timeout = check_lock_timeout(timeout)
+
+    # -- the contract ------------------------------------------------------------------
+
     def read(self, key: str) -> Any | None:
         """The value stored under ``key``, or ``None`` if there is none (or it expired)."""
+        got = self._fetch(key)
+        return None if got is None else got[1]
 
-    @abstractmethod
     def read_versioned(self, key: str) -> tuple[Any, Version | None] | None:
         """``(value, version)`` stored under ``key``, or ``None``; see :meth:`write`."""
+        got = self._fetch(key)
+        return None if got is None else (got[1], got[0].version)
 
-    @abstractmethod
+    def has(self, key: str) -> bool:
+        """Whether ``read(key)`` would return a value."""
+        return self._fetch(key, copy=False) is not None
+
     def write(self, key: str, value: Any, *, version: Version | None = None) -> None:
         """Store ``value`` under ``key``, replacing what was there.
 
         ``version`` records the schema version of ``value`` beside it (migrations use it).
         Writing ``None`` deletes the key, since ``read`` reports a missing key as ``None``.
         """
+        check_key(key)
+        value = data.check_copy(value, key)
+        if value is None:
+            self.delete(key)
+            return
+        if version is not None:
+            check_version(version)
+        self._store(key, value, data.encode(value), version)
 
-    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
+        check_key(key)
+        if self._cache is not None:
+            self._cache.discard(key)
+        self._delete(key)
 
-    def has(self, key: str) -> bool:
-        """Whether ``read(key)`` would return a value."""
-        return self.read(key) is not None
-
-    @abstractmethod
     def keys(self) -> Iterator[str]:
-        """Every stored key, each exactly once, in no particular order.
+        """Every stored key once, in no particular order (keys written or deleted meanwhile may be left out)."""
+        ttl = self._idle_ttl
+        for page in self._scan(clock=ttl is not None):
+            for item in page:
+                if ttl is None or item.age is None or item.age <= ttl:
+                    yield item.key
 
-        Keys written or deleted while the iteration runs may or may not be included.
-        """
-
-    @abstractmethod
-    def set_aside(self, key: str, reason: str) -> str | None:
-        """Move ``key``'s stored value out of the way, keeping it for a human to look at.
-
-        Returns where it went (``None`` if there was nothing to move) and logs an ERROR
-        with ``reason``. Afterwards the key reads as missing.
-        """
-
-    @abstractmethod
-    def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
-        """A sweep (see :meth:`sweep`) in small steps: each ``next()`` does one slice of it."""
-
-    def sweep(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> SweepReport:
-        """Remove sessions idle longer than ``ttl`` (default: the storage's own) and leftovers.
-
-        Sessions that an update holds locked, or that were written meanwhile, are kept.
-        With ``dry_run`` nothing is removed; the report says what would be.
-        """
-        report = SweepReport()
-        for part in self.sweep_slices(ttl, dry_run=dry_run):
-            report += part
-        return report
-
-    @abstractmethod
-    def lock(self, key: str) -> AbstractContextManager[None]:
+    def lock(
+        self,
+        key: str,
+        *,
+        timeout: float | Literal[_Default.TIMEOUT] | None = _Default.TIMEOUT,
+        holder: object = None,
+    ) -> KeyLock:
         """A context manager that holds ``key`` exclusively.
 
-        It excludes every other holder of the same key's lock for the storage's reach
-        (threads, processes, machines), and is reentrant within one thread. Hold it around a
-        ``read``-change-``write`` so that no update is lost. Raises
-        :class:`~simplesession.LockTimeout` when the storage's ``lock_timeout`` passes.
+        It excludes every other holder of the key's lock within the storage's reach (threads,
+        processes, machines): hold it around a ``read``-change-``write`` and no update is
+        lost. Raises :class:`~simplesession.LockTimeout` after ``timeout`` seconds (default
+        ``lock_timeout``). It belongs to ``holder``, by default the calling thread, which
+        may enter it again (that only counts) and exit it from another thread. Give each
+        coroutine a holder of its own (a :class:`~simplesession.storage.locks.Holder`).
         """
+        check_key(key)
+        wait = self._lock_timeout if timeout is _Default.TIMEOUT else check_lock_timeout(timeout)
+        return KeyLock(self._locks, key, wait, holder)
+
+    def lock_name(self, key: str) -> str:
+        """The name of ``key``'s lock (see :meth:`~simplesession.storage.locks.LockSpace.name`)."""
+        return self._locks.name(key)
+
+    def set_aside(self, key: str, reason: str) -> str | None:
+        """Move ``key``'s value out of the way, kept for a human, and log an ERROR with ``reason``;
+        where it went (``None``: nothing there). Afterwards the key reads as missing."""
+        check_key(key)
+        return self._quarantine(key, reason, None, check=False)
+
+    def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
+        """A sweep (see :meth:`sweep`) in small steps: each ``next()`` does one slice of it."""
+        seconds = ttl_seconds(ttl) if ttl is not None else self._ttl
+        if self.expires_by_itself:
+            seconds = None  # the place removes idle sessions itself: only count them
+        for page, report in self._sweep_pages(clock=seconds is not None, dry_run=dry_run):
+            for item in page:
+                report.scanned += 1
+                if seconds is None or item.age is None or item.age <= seconds:
+                    continue
+                freed = self._remove_if_idle(item.key, seconds, dry_run)
+                if freed is None:
+                    report.in_use += 1
+                else:
+                    report.removed += 1
+                    report.bytes_freed += freed
+            yield report
+
+    def sweep(
+        self, ttl: float | timedelta | None = None, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> SweepReport:
+        """Remove sessions idle longer than ``ttl`` (default: the storage's own) and leftovers.
+
+        It never waits for a lock: sessions an update holds, or that were written meanwhile,
+        are kept. With ``dry_run`` it only reports. ``progress(done, sweep_size)`` follows it.
+        """
+        report = SweepReport()
+        for done, part in enumerate(self.sweep_slices(ttl, dry_run=dry_run), 1):
+            report += part
+            if progress is not None:
+                progress(done, max(done, self.sweep_size))
+        return report
+
+    @property
+    def sweep_size(self) -> int:
+        """How many slices :meth:`sweep_slices` yields (at least; some places cannot tell ahead)."""
+        return 1
+
+    def stats(self, progress: Progress | None = None) -> StorageStats:
+        """What the storage holds: sessions, bytes, last uses, and its own figures."""
+        stats = StorageStats()
+        now = time.time()
+        for page in self._scan(clock=True):
+            for item in page:
+                stats.saw(item.size, None if item.age is None else now - item.age)
+        return stats
+
+    def describe(self, key: str) -> KeyInfo | None:
+        """Where ``key``'s session is and what it takes (``None``: none); it leaves its idle clock alone."""
+        check_key(key)
+        try:
+            stored = self._get(key)
+        except Unreadable:
+            stored = None
+        if stored is None:
+            return None
+        used = expires = None
+        if not self.expires_by_itself:
+            used = time.time() - self._age(stored.stamp)
+            expires = None if self._ttl is None else used + self._ttl
+        return KeyInfo(self.where(key), len(stored.document), used, expires)
+
+    def about(self) -> list[Figure]:
+        """Where the storage is, as figures (the command line's ``stats`` shows them first)."""
+        return [Figure("storage", "storage", repr(self))]
+
+    @property
+    def location(self) -> str:
+        """Where the sessions are, in a few words for messages."""
+        return repr(self)
+
+    def where(self, key: str) -> str:
+        """Where ``key``'s session is (or would be) stored, in a few words."""
+        return f"{key!r} in {self.location}"
+
+    def path(self, key: str) -> Path | None:
+        """The file that holds (or would hold) ``key``'s session, for storages of files."""
+        return None
+
+    def missing(self) -> str | None:
+        """Why the storage is not there yet (a FileStorage's folder before the first write), or ``None``."""
+        return None
+
+    def use_ttl(self, ttl: float | None, where: str) -> None:
+        """Take the middleware's ``ttl`` (``where`` names it) unless this storage has one of its own."""
+        if ttl is None or ttl == self._ttl:
+            return
+        if self._ttl is not None:
+            raise ValueError(f"{where}: ttl={ttl} conflicts with the storage's own ttl={self._ttl}")
+        self.ttl = ttl
+
+    @property
+    def records_versions(self) -> bool:
+        """Whether :meth:`write` keeps ``version`` beside the value (migrations need it)."""
+        return True
+
+    # -- the session middleware's way in -------------------------------------------------
+
+    def read_for_session(self, key: str, *, versions: bool = False) -> tuple[Any, Version | None, bytes | None] | None:
+        """``(value, version, its JSON as stored)`` for the session middleware, or ``None``.
+
+        The JSON tells whether a handler changed the value. A subclass that overrides
+        :meth:`read` (or ``read_versioned``, with ``versions``) is read through it, and then
+        the JSON is ``None``.
+        """
+        if self._fast:
+            got = self._fetch(key)
+            if got is None:
+                return None
+            entry, value = got
+            raw = entry.raw
+            if raw is None:
+                raw = data.encode(entry.value)
+                if self._cache is not None:
+                    self._cache.put(key, entry._replace(raw=raw))
+            return value, entry.version, raw
+        if versions:
+            found = self.read_versioned(key)
+            return None if found is None else (found[0], found[1], None)
+        value = self.read(key)
+        return None if value is None else (value, None, None)
+
+    def write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+        """Store ``value``, a private copy that :func:`simplesession.data.check_copy` made and
+        whose JSON is ``raw``, at ``version`` (through an overridden :meth:`write` if any)."""
+        if self._fast:
+            self._store(key, value, raw, version)
+        elif version is not None:
+            self.write(key, value, version=version)
+        else:
+            self.write(key, value)
+
+    # -- what backends implement ---------------------------------------------------------
+
+    @abstractmethod
+    def _get(self, key: str) -> Stored | None:
+        """The document stored under ``key`` (a valid key), or ``None``.
+
+        Raises :class:`Unreadable` for something there that is not a document (it is then
+        set aside), :class:`~simplesession.StorageError` for trouble that is not the stored
+        value's fault (the place cannot be reached, say).
+        """
+
+    @abstractmethod
+    def _put(self, key: str, document: bytes) -> Hashable:
+        """Store ``document`` under ``key`` in one step (a reader sees the old or the new
+        one, never a mix), resetting its idle clock; return its stamp (see :class:`Stored`)."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Remove what is stored under ``key``, if anything."""
+
+    @abstractmethod
+    def _scan(self, clock: bool) -> Iterator[list[Listed]]:
+        """Every stored key once, in pages; with ``clock``, each with its age and size."""
+
+    @abstractmethod
+    def _move_aside(self, key: str, expected: Stored | None) -> str | None:
+        """Move what is under ``key`` where no read finds it, keeping it; where it went (``None``: nothing).
+
+        Called under ``key``'s lock, with what was found there (``None``: something unreadable),
+        to be moved only if it still is that. :class:`~simplesession.StorageError` if it cannot.
+        """
+
+    def _stamp(self, key: str) -> Hashable | None:
+        """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache."""
+        raise NotImplementedError
+
+    def _age(self, stamp: Hashable) -> float:
+        """Seconds since the stored version with ``stamp`` was last used (written, or read and touched)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
+
+    def _touch(self, key: str, stamp: Hashable) -> Hashable | None:
+        """Reset the idle clock of what is stored under ``key``; its new stamp, or ``None`` if it could not."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
+
+    def _idle(self, key: str) -> tuple[float, int] | None:
+        """``(age, size)`` of what is stored under ``key`` now, or ``None``: the sweep's re-check."""
+        try:
+            stored = self._get(key)
+        except Unreadable:
+            return None
+        return None if stored is None else (self._age(stored.stamp), len(stored.document))
+
+    def _sweep_pages(self, clock: bool, dry_run: bool) -> Iterator[tuple[list[Listed], SweepReport]]:
+        """The pages of a sweep, each with a report of the leftovers the backend removed in it."""
+        for page in self._scan(clock):
+            yield page, SweepReport()
+
+    # -- the policy ------------------------------------------------------------------------
+
+    def _fetch(self, key: str, copy: bool = True) -> tuple[_Entry, Any] | None:
+        """``key``'s entry and a private copy of its value (if ``copy``), or ``None``."""
+        check_key(key)
+        cache = self._cache
+        if cache is not None:
+            entry = cache.get(key)
+            if entry is not None:
+                stamp = self._stamp(key)
+                if stamp == entry.stamp:
+                    if self._idle_ttl is not None:
+                        fresh = self._fresh(key, entry)
+                        if fresh is None:
+                            return None
+                        entry = fresh
+                    return entry, data.copy(entry.value) if copy else None
+                if stamp is None:
+                    cache.discard(key)
+                    return None
+        try:
+            stored = self._get(key)
+        except Unreadable as exc:
+            self._quarantine(key, str(exc), None)
+            return None
+        if stored is None:
+            if cache is not None:
+                cache.discard(key)
+            return None
+        try:
+            _, value, version = decode_document(stored.document, key)
+            private = data.checked_copy(value)
+        except BadDocument as exc:
+            self._quarantine(key, str(exc), stored)
+            return None
+        except data.NotSessionData as exc:
+            self._quarantine(key, f"its data cannot be a session: {exc}", stored)
+            return None
+        entry = _Entry(stored.stamp, value, version, data_json(stored.document, key, version))
+        if cache is not None:
+            cache.put(key, entry)
+        if self._idle_ttl is not None:
+            fresh = self._fresh(key, entry)
+            if fresh is None:
+                return None
+            entry = fresh
+        return entry, private
+
+    def _fresh(self, key: str, entry: _Entry) -> _Entry | None:
+        """``entry`` if its session has not expired (``None`` if it has: left for the sweep,
+        as reading never deletes); a read now and then also resets its idle clock."""
+        ttl = self._idle_ttl
+        assert ttl is not None
+        age = self._age(entry.stamp)
+        if age > ttl:
+            return None
+        if age > ttl * TOUCH_FRACTION:
+            stamp = self._touch(key, entry.stamp)
+            if stamp is not None:
+                entry = entry._replace(stamp=stamp)
+                if self._cache is not None:
+                    self._cache.put(key, entry)
+        return entry
+
+    def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+        stamp = self._put(key, document_of(key, raw, version))
+        if self._cache is not None:
+            self._cache.put(key, _Entry(stamp, value, version, raw))
+
+    def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
+        """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``
+        (``None``: unreadable), since a writer may have put a good value there meanwhile."""
+        with self.lock(key):  # no writer in flight can be undone (re-entry is free)
+            if self._cache is not None:
+                self._cache.discard(key)
+            try:
+                now = self._get(key)
+            except Unreadable:
+                now = None
+            else:
+                if now is None:
+                    return None
+                if check and (found is None or now.document != found.document) and _decodes(now, key):
+                    return None
+            try:
+                where = self._move_aside(key, now)
+            except StorageError as exc:
+                raise self._cannot_set_aside(key, self.where(key), reason, exc) from exc
+        if where is not None:
+            self._log_set_aside(key, reason, where)
+        return where
+
+    @staticmethod
+    def _cannot_set_aside(key: str | None, where: str, reason: str, exc: StorageError) -> CorruptSessionError:
+        whose = f"session {key!r}" if key is not None else "a session"
+        return CorruptSessionError(
+            f"{whose} at {where} is unusable ({reason}) and could not be set aside: {exc}; move or delete it by hand",
+            key=key,
+            path=exc.path,
+        )
+
+    def _log_set_aside(self, key: str | None, reason: str, where: str, source: str | None = None) -> None:
+        whose = f"session {key!r}" if key is not None else "a session"
+        if source is None:
+            source = self.where(key) if key is not None else self.location
+        _log.error("%s: %s; moved it from %s to %s, so the session starts afresh", whose, reason, source, where)
+
+    def _remove_if_idle(self, key: str, ttl: float, dry_run: bool) -> int | None:
+        """Remove ``key`` if it is still idle; the bytes freed, or ``None`` if it is in use."""
+        try:
+            # Never wait: a held lock means an update is using the session right now.
+            with KeyLock(self._locks, key, 0):
+                found = self._idle(key)
+                if found is None:
+                    return 0  # removed since the listing
+                age, size = found
+                if age <= ttl:
+                    return None  # read or written since the listing
+                if not dry_run:
+                    self._delete(key)
+                    if self._cache is not None:
+                        self._cache.discard(key)
+                return size
+        except LockTimeout:
+            return None
+
+
+def _decodes(stored: Stored, key: str) -> bool:
+    try:
+        data.checked_copy(decode_document(stored.document, key)[1])
+    except (BadDocument, data.NotSessionData):
+        return False
+    return True

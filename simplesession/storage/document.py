@@ -1,4 +1,4 @@
-"""The stored form of one session, shared by the file and Redis storages.
+"""The stored form of one session, the same in every storage.
 
 A UTF-8 JSON object: ``{"format": 1, "key": ..., "version": ..., "data": ...}``, with
 ``version`` only when there is one. It names its key, so that a value can be checked
@@ -12,9 +12,20 @@ import math
 from typing import Any
 
 from .. import data
-from .base import Version
 
-__all__ = ["FORMAT", "BadDocument", "check_version", "data_json", "decode_document", "document_of", "encode_document"]
+Version = int | float
+"""A schema version of session data: any int or float, compared numerically."""
+
+__all__ = [
+    "FORMAT",
+    "BadDocument",
+    "Version",
+    "check_version",
+    "data_json",
+    "decode_document",
+    "document_of",
+    "encode_document",
+]
 
 FORMAT = 1
 """The format version written in every document as ``"format"``."""
@@ -79,6 +90,11 @@ def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Versi
         raise BadDocument("it has no data")
     if key is not None and doc["key"] != key:
         raise BadDocument(f"it holds the session of {doc['key']!r}, not of {key!r}")
+    if key is None and not doc["key"].isascii():
+        try:
+            doc["key"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadDocument(f"its key {doc['key']!r} is not valid Unicode (it has a lone surrogate)") from None
     version = doc.get("version")
     try:
         version = None if version is None else check_version(version)

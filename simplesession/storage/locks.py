@@ -1,298 +1,336 @@
-"""Per-key locks: reentrant in a thread, exclusive across threads and processes.
+"""One lock core for every storage: per-key locks that belong to a holder, not to a thread.
 
-A file lock is taken per *stripe*: keys hash onto a fixed number of lock files, so lock
-files never pile up however many sessions there are (deleting a lock file while someone may
-wait on it would break mutual exclusion). Two keys may now and then share a stripe; that
-costs a short wait, never correctness. In front of each file lock sits an in-process
-``RLock``: threads of one process queue on it cheaply instead of polling the file lock, and
-it gives reentrancy.
+A lock has two parts. In this process a *gate* (one per lock name, shared by every storage
+object on the same place) queues the holders of this process cheaply and gives re-entry.
+Beneath it the backend takes the lock that other processes and machines see: ``flock`` on
+a lock file, a key on a Redis server. What is the same for every backend lives here: the
+gate, the deadline and back-off, the :class:`~simplesession.LockTimeout` message, and the
+reset after ``fork``. A backend is a :class:`LockSpace` with two hooks, :meth:`~LockSpace.
+try_lock` and :meth:`~LockSpace.unlock`.
 
-The file lock itself is filelock's native lock on a descriptor (``flock`` on POSIX,
-``LockFileEx`` on Windows), which the kernel drops when its process dies, so a lock is
-never stale. The RLock already gives reentrancy and thread exclusion, so the bare
-descriptor lock is all that is needed: it costs a few microseconds where ``FileLock``'s
-general machinery costs tens.
+Ownership and re-entry belong to a *holder*: any object, by default the calling thread's
+own (:func:`thread_holder`). The holder goes with the lock object, so a lock taken in one
+thread can be released in another, and two holders in one thread (two coroutines, say)
+exclude each other. The gate's inner lock is a plain ``threading.Lock``, which any thread
+may release.
 
-Opening a lock file costs more than locking it (several times more beside a busy disk),
-so a stripe keeps its descriptor open between holds. At most :data:`KEPT_DESCRIPTORS` are
-kept per process, and no more than a quarter of its open-file limit (a low one, such as
-macOS's usual 256, must leave the bot room for its own files and sockets); past that, the
-longest-kept idle ones are closed. Keeping them relies on lock files never being deleted,
-which holds: nothing removes a current stripe's file.
+File locks (:mod:`~simplesession.storage.stripes`) are taken per *stripe*: keys hash onto a
+fixed number of lock files (:func:`stripe_of`), so lock files never pile up however many
+sessions there are. Other backends that lock with files reuse them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
-from filelock import lock_descriptor, unlock_descriptor
+from ..errors import LockTimeout
 
-try:
-    import resource
-except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousands of descriptors
-    resource = None  # type: ignore[assignment]
+__all__ = [
+    "LOCK_STRIPES",
+    "Gate",
+    "Holder",
+    "InProcessLocks",
+    "KeyLock",
+    "LockSpace",
+    "stripe_of",
+    "thread_holder",
+]
 
-from ..errors import LockTimeout, StorageError
+LOCK_STRIPES = 256
+"""Lock files per folder. Every stripe's file stays open once used, so there are no more
+stripes than one process keeps open (see :data:`~simplesession.storage.stripes.KEPT_DESCRIPTORS`)."""
 
-__all__ = ["KEPT_DESCRIPTORS", "KeyLock", "MemoryKeyLocks", "file_stripe"]
 
-_log = logging.getLogger(__name__)
+def stripe_of(crc: int) -> int:
+    """The stripe of a key whose UTF-8 has the CRC-32 ``crc``.
 
-# A process waiting on another process's lock polls; starting short and backing off keeps a
-# contended key's latency low at little CPU cost.
-_FIRST_POLL = 0.0005
-_LAST_POLL = 0.01
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    It takes the hash's bits above the lowest eight, which pick a FileStorage's shard folder,
+    so that the keys of one shard spread over all the stripes.
+    """
+    return (crc >> 8) % LOCK_STRIPES
 
-KEPT_DESCRIPTORS = 256
-"""How many lock files a process keeps open between holds at most: all of one storage's
-stripes, and a quarter of Linux's usual limit of 1,024 open files. Under a lower limit,
-a quarter of it."""
+
+class Holder:
+    """Who holds a lock. Any object serves as a holder; this one has a name for messages."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Holder {self.name}>" if self.name else f"<Holder at {id(self):#x}>"
+
+
+_threads = threading.local()
+
+
+def thread_holder() -> Holder:
+    """The calling thread's holder: what a lock belongs to when it is given none."""
+    try:
+        return _threads.holder  # type: ignore[no-any-return]
+    except AttributeError:
+        # An object, not the thread's ident: idents are reused once a thread ends, and a
+        # lock handed to another thread may outlive the thread that took it.
+        holder = _threads.holder = Holder(f"thread {threading.current_thread().name}")
+        return holder
+
+
+class Gate:
+    """This process's part of one lock: who holds it, how deeply, and what the backend took.
+
+    :ivar owner: the holder, or ``None`` when free.
+    :ivar depth: how many times ``owner`` has entered it.
+    :ivar proof: what the backend's :meth:`LockSpace.try_lock` keeps for its :meth:`~LockSpace.unlock`.
+    """
+
+    __slots__ = ("_taken", "depth", "forgotten", "name", "owner", "proof", "users")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._taken = threading.Lock()  # held while a holder owns the gate
+        self.owner: object | None = None
+        self.depth = 0
+        self.proof: object = None
+        self.users = 0  # acquirers in flight or holding, for gates that vanish when idle
+        self.forgotten = False  # made before a fork, in the parent: nothing here to release
+
+    def _forget(self) -> None:
+        """After a fork, in the child: the parent's lock is the parent's."""
+        self.forgotten = True
+
+
+class LockSpace(ABC):
+    """The locks of one storage: how a key's lock is named, taken and given back beyond this process."""
+
+    #: A waiter polls a lock that another process holds, first after ``first_poll``
+    #: seconds, backing off to ``last_poll``: a contended key's latency stays low, and many
+    #: waiters cost little.
+    first_poll = 0.0005
+    last_poll = 0.01
+
+    @abstractmethod
+    def name(self, key: str) -> str:
+        """The name of ``key``'s lock, the same for every storage object on the same place.
+
+        Names order locks globally: take several in sorted order and two holders can never
+        deadlock; keys whose locks have one name share one lock.
+        """
+
+    @abstractmethod
+    def where(self, key: str) -> tuple[str, str | None]:
+        """``(text, path)`` naming ``key``'s lock in messages, and in :attr:`LockTimeout.path`."""
+
+    def gate(self, key: str) -> Gate:
+        """The gate of ``key``'s lock, counted as used until :meth:`leave`."""
+        return _join(self.name(key))
+
+    def leave(self, gate: Gate) -> None:
+        """One use of ``gate`` (from :meth:`gate`) is over."""
+        _leave(gate)
+
+    @abstractmethod
+    def try_lock(self, gate: Gate, key: str) -> bool:
+        """Take the lock beyond this process without waiting; whether it was free.
+
+        Only the holder of ``gate`` calls it (and :meth:`unlock`), so no two run at once.
+        """
+
+    @abstractmethod
+    def unlock(self, gate: Gate, key: str) -> None:
+        """Give back what :meth:`try_lock` took."""
+
+
+def acquire(space: LockSpace, key: str, holder: object, timeout: float | None) -> Gate:
+    """Hold ``key``'s lock for ``holder`` (again, if it holds it already); its gate.
+
+    Waits at most ``timeout`` seconds in all (``None``: for ever), then raises
+    :class:`~simplesession.LockTimeout`.
+    """
+    gate = space.gate(key)
+    try:
+        if gate.owner is holder:  # only this holder can have made itself the owner
+            gate.depth += 1
+            return gate
+        # The usual case, a free lock, asks for no clock. Waiting for this process's other
+        # holders and then for other processes share one deadline.
+        deadline = None
+        taken = gate._taken
+        if not taken.acquire(blocking=False):
+            if timeout is not None:
+                deadline = time.monotonic() + timeout
+            if not taken.acquire(timeout=-1 if timeout is None else timeout):
+                raise _timeout(space, key, timeout)
+        try:
+            if not space.try_lock(gate, key):
+                _wait(space, gate, key, timeout, deadline)
+        except BaseException:
+            taken.release()
+            raise
+        gate.owner = holder
+        gate.depth = 1
+        return gate
+    except BaseException:
+        space.leave(gate)
+        raise
+
+
+def _wait(space: LockSpace, gate: Gate, key: str, timeout: float | None, deadline: float | None) -> None:
+    if deadline is None and timeout is not None:
+        deadline = time.monotonic() + timeout
+    poll = space.first_poll
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise _timeout(space, key, timeout)
+        time.sleep(poll if left is None else min(poll, left))
+        poll = min(poll * 2, space.last_poll)
+        if space.try_lock(gate, key):
+            return
+
+
+def release(space: LockSpace, gate: Gate, key: str, holder: object) -> None:
+    """Give back one hold of ``key``'s lock by ``holder``; the last one frees it."""
+    if gate.forgotten:
+        return
+    if gate.owner is not holder:
+        raise RuntimeError(f"the lock of session {key!r} is not held by {holder!r}")
+    try:
+        gate.depth -= 1
+        if gate.depth == 0:
+            try:
+                space.unlock(gate, key)
+            finally:
+                gate.owner = None
+                gate._taken.release()
+    finally:
+        space.leave(gate)
+
+
+def _timeout(space: LockSpace, key: str, timeout: float | None) -> LockTimeout:
+    text, path = space.where(key)
+    where = f" ({text})" if text else ""
+    return LockTimeout(
+        f"session {key!r} is still locked by another update after {timeout} s{where}; "
+        "a handler is running long or is stuck: find it, or raise lock_timeout",
+        key=key,
+        path=path,
+        timeout=timeout,
+    )
 
 
 class KeyLock:
-    """Holds one session key while the ``with`` block runs.
+    """Holds one session key while the ``with`` block runs (what ``storage.lock(key)`` returns).
 
-    :ivar name: a string that orders locks globally; take several in sorted order of their
-        names and two holders can never deadlock.
+    It belongs to ``holder``, by default the thread that made it: entering it again while
+    held, or entering another lock of the same key for the same holder, only counts; it may
+    be exited in another thread.
+
+    :ivar name: orders locks globally (see :meth:`LockSpace.name`).
     """
 
-    __slots__ = ("_backend", "key", "timeout")
+    __slots__ = ("_gate", "_space", "holder", "key", "timeout")
 
-    def __init__(self, backend: _Stripe | MemoryKeyLocks, key: str, timeout: float | None) -> None:
-        self._backend = backend
+    def __init__(self, space: LockSpace, key: str, timeout: float | None, holder: object = None) -> None:
+        self._space = space
         self.key = key
         self.timeout = timeout
+        self.holder = thread_holder() if holder is None else holder
+        self._gate: Gate | None = None
 
     @property
     def name(self) -> str:
-        backend = self._backend
-        return backend.name if isinstance(backend, _Stripe) else f"{backend.name}:{self.key}"
+        return self._space.name(self.key)
 
     def __enter__(self) -> None:
-        self._backend.acquire(self.key, self.timeout)
+        self._gate = acquire(self._space, self.key, self.holder, self.timeout)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._backend.release(self.key)
+        if self._gate is None:
+            raise RuntimeError(f"the lock of session {self.key!r} was never entered")
+        release(self._space, self._gate, self.key, self.holder)
 
     def __repr__(self) -> str:
-        return f"<KeyLock {self.key!r} on {self.name}>"
+        return f"<KeyLock {self.key!r} on {self.name} for {self.holder!r}>"
 
 
-class _Stripe:
-    """One lockable unit: an ``RLock``, optionally backed by a file lock."""
+# -- gates that exist while in use ------------------------------------------------------
 
-    def __init__(self, name: str, path: str | None) -> None:
-        self.name = name
-        self.path = path
-        self._mutex = threading.RLock()
-        self._depth = 0  # guarded by _mutex
-        # The lock file's descriptor, kept open between holds; guarded by _mutex too.
-        self._fd: int | None = None
-
-    def acquire(self, key: str, timeout: float | None) -> None:
-        # The usual case, a free stripe, asks for no clock. Waiting in this process and then
-        # for another process share one deadline.
-        deadline = None
-        if not self._mutex.acquire(blocking=False):
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if not self._mutex.acquire(timeout=-1 if timeout is None else timeout):
-                raise self._timeout(key, timeout)
-        if self._depth == 0 and self.path is not None:
-            try:
-                if self._fd is None or not lock_descriptor(self._fd, blocking=False):
-                    self._lock_file(key, timeout, deadline)
-            except BaseException:
-                self._mutex.release()
-                raise
-        self._depth += 1
-
-    def _lock_file(self, key: str, timeout: float | None, deadline: float | None) -> None:
-        fd = self._fd
-        if fd is None:
-            fd = self._fd = self._open(key)
-            _opened(self)
-        if deadline is None and timeout is not None:
-            deadline = time.monotonic() + timeout
-        poll = _FIRST_POLL
-        while not lock_descriptor(fd, blocking=False):
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise self._timeout(key, timeout)
-            time.sleep(poll if left is None else min(poll, left))
-            poll = min(poll * 2, _LAST_POLL)
-
-    def close_if_idle(self) -> bool:
-        """Close the kept descriptor unless the stripe is in use; whether it was closed."""
-        if not self._mutex.acquire(blocking=False):
-            return False
-        try:
-            if self._depth or self._fd is None:
-                return False
-            fd, self._fd = self._fd, None
-            os.close(fd)
-            return True
-        finally:
-            self._mutex.release()
-
-    def _open(self, key: str) -> int:
-        assert self.path is not None
-        try:
-            return os.open(self.path, _OPEN_FLAGS, 0o600)
-        except OSError as exc:
-            error = exc
-        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            # A lock works on a descriptor opened for reading too: in a read-only folder,
-            # updates that only read go on.
-            try:
-                return os.open(self.path, _READ_FLAGS)
-            except OSError:
-                pass
-        wrapped = StorageError(
-            f"cannot open the lock file {self.path} of session {key!r}: {error.strerror or error}; "
-            "check that the sessions folder exists and is writable",
-            key=key,
-            path=self.path,
-        )
-        wrapped.errno = error.errno
-        raise wrapped from error
-
-    def release(self, key: str) -> None:
-        self._depth -= 1
-        try:
-            if self._depth == 0 and self._fd is not None:
-                try:
-                    unlock_descriptor(self._fd)
-                except BaseException:
-                    self._close_kept()  # which unlocks it too
-                    raise
-                if len(_kept) > _kept_limit:
-                    # Over the limit since the others were all in use when this one opened.
-                    self._close_kept()
-        finally:
-            self._mutex.release()
-
-    def _close_kept(self) -> None:
-        """Close the descriptor, which the caller holds ``_mutex`` for, and stop counting it."""
-        with _kept_lock:
-            _kept.pop(self, None)
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def _timeout(self, key: str, timeout: float | None) -> LockTimeout:
-        where = f" ({self.path})" if self.path else ""
-        return LockTimeout(
-            f"session {key!r} is still locked by another update after {timeout} s{where}; "
-            "a handler is running long or is stuck: find it, or raise lock_timeout",
-            key=key,
-            path=self.path,
-            timeout=timeout,
-        )
+_gates: dict[str, Gate] = {}
+_gates_mutex = threading.Lock()
 
 
-_stripes: dict[str, _Stripe] = {}
-_stripes_lock = threading.Lock()
-# Stripes with a kept descriptor, first opened first.
-_kept: dict[_Stripe, None] = {}
-_kept_lock = threading.Lock()
-# How many may be kept, worked out afresh at each new descriptor: the bot may change its
-# open-file limit at any time, and opening one is rare.
-_kept_limit = KEPT_DESCRIPTORS
+def _join(name: str) -> Gate:
+    with _gates_mutex:
+        gate = _gates.get(name)
+        if gate is None:
+            gate = _gates[name] = Gate(name)
+        gate.users += 1
+        return gate
 
 
-def _keepable() -> int:
-    if resource is None:  # pragma: no cover - Windows
-        return KEPT_DESCRIPTORS
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return KEPT_DESCRIPTORS
-    return max(1, min(KEPT_DESCRIPTORS, soft // 4))
+def _leave(gate: Gate) -> None:
+    # An idle key keeps no gate, so the table stays as small as the number of keys in use.
+    with _gates_mutex:
+        gate.users -= 1
+        if gate.users == 0 and _gates.get(gate.name) is gate:
+            del _gates[gate.name]
 
 
-def _opened(stripe: _Stripe) -> None:
-    """Count ``stripe``'s new descriptor; past the limit, close the longest-kept idle ones."""
-    global _kept_limit
-    with _kept_lock:
-        _kept[stripe] = None
-        _kept_limit = _keepable()
-        excess = len(_kept) - _kept_limit
-        if excess <= 0:
-            return
-        for other in list(_kept):
-            if other is not stripe and other.close_if_idle():
-                del _kept[other]
-                excess -= 1
-                if not excess:
-                    return
+class InProcessLocks(LockSpace):
+    """Exact per-key locks within this process only (nothing beyond it to take)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def name(self, key: str) -> str:
+        return f"{self.owner}:{key}"
+
+    def where(self, key: str) -> tuple[str, str | None]:
+        return "", None
+
+    def try_lock(self, gate: Gate, key: str) -> bool:
+        return True
+
+    def unlock(self, gate: Gate, key: str) -> None:
+        pass
 
 
-def _forget_stripes() -> None:
-    # A forked child must not share its parent's in-process locks or lock descriptors.
-    # Closing its copies of them leaves the parent's locks held.
-    global _stripes_lock, _kept_lock
-    _stripes_lock, _kept_lock = threading.Lock(), threading.Lock()
-    for stripe in _stripes.values():
-        if stripe._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(stripe._fd)
-            stripe._fd = None  # a lock held across the fork must not touch a reused number
-    _stripes.clear()
-    _kept.clear()
+_G = TypeVar("_G", bound=Gate)
+# Gates that live as long as the process (a lock file's, with its kept descriptor).
+_lasting: dict[str, Gate] = {}
+_lasting_mutex = threading.Lock()
+
+
+def lasting_gate(name: str, make: Callable[[str], _G]) -> _G:
+    """The gate called ``name`` that lives as long as the process, made by ``make`` at first use."""
+    gate = _lasting.get(name)
+    if gate is None:
+        with _lasting_mutex:
+            gate = _lasting.get(name)
+            if gate is None:
+                gate = _lasting[name] = make(name)
+    return gate  # type: ignore[return-value]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child holds none of its parent's locks: it forgets every gate of the parent's
+    # (a lock object entered before the fork then releases nothing) and starts afresh.
+    global _gates_mutex, _lasting_mutex
+    _gates_mutex, _lasting_mutex = threading.Lock(), threading.Lock()
+    for gate in [*_gates.values(), *_lasting.values()]:
+        gate._forget()
+    _gates.clear()
+    _lasting.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_stripes)
-
-
-def file_stripe(path: str) -> _Stripe:
-    """The process-wide stripe for the lock file at ``path``, shared by every storage on it."""
-    stripe = _stripes.get(path)
-    if stripe is None:
-        with _stripes_lock:
-            stripe = _stripes.get(path)
-            if stripe is None:
-                stripe = _stripes[path] = _Stripe(path, path)
-    return stripe
-
-
-class MemoryKeyLocks:
-    """Exact per-key locks for one in-process storage; an idle key keeps no lock object."""
-
-    def __init__(self, owner: str) -> None:
-        self.name = owner
-        self._mutex = threading.Lock()
-        self._held: dict[str, tuple[_Stripe, int]] = {}
-
-    def acquire(self, key: str, timeout: float | None) -> None:
-        with self._mutex:
-            stripe, users = self._held.get(key) or (_Stripe(f"{self.name}:{key}", None), 0)
-            self._held[key] = (stripe, users + 1)
-        try:
-            stripe.acquire(key, timeout)
-        except BaseException:
-            self._leave(key)
-            raise
-
-    def release(self, key: str) -> None:
-        try:
-            self._held[key][0].release(key)
-        finally:
-            self._leave(key)
-
-    def _leave(self, key: str) -> None:
-        with self._mutex:
-            stripe, users = self._held[key]
-            if users == 1:
-                del self._held[key]
-            else:
-                self._held[key] = (stripe, users - 1)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2,140 +2,101 @@
 
 from __future__ import annotations
 
-import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from .. import data
-from ..keys import key_bytes
-from .base import Storage, SweepReport, Version, ttl_seconds
-from .locks import KeyLock, MemoryKeyLocks
+from .base import Storage
+from .document import BadDocument, decode_document
+from .locks import InProcessLocks
+from .values import Figure, Listed, Stored
 
 __all__ = ["MemoryStorage"]
 
-_log = logging.getLogger(__name__)
-
 
 class _Item(NamedTuple):
-    value: Any
-    raw: bytes  # the value's JSON, for the session middleware
-    version: Version | None
-    used: float  # time.monotonic() of the last read or write
+    # One stored session; the item itself is its stamp, so every write and touch makes a new one.
+    document: bytes
+    used: float  # time.monotonic() of the last write, or of the read that last touched it
 
 
 class MemoryStorage(Storage):
     """Keeps sessions in memory; they are gone when the process ends.
 
-    Values are stored as private copies, so mutating a value after ``write`` or after
-    ``read`` never changes what is stored. Locks hold across the threads of this process.
+    Sessions are kept as documents, as other storages keep them, and decoded once: every
+    session is also in the front cache, so a read costs one copy. Locks hold across the
+    threads of this process.
 
     :param ttl: seconds (or a ``timedelta``) after which a session that was neither read
         nor written reads as missing.
     :param lock_timeout: seconds :meth:`lock` waits before raising
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
 
-    :ivar set_aside_values: what :meth:`set_aside` moved out of the way, by key.
+    :ivar set_aside_values: what :meth:`set_aside` moved out of the way, by key (the data,
+        or the stored bytes if they were not a session).
     """
 
+    kind = "memory"
+
     def __init__(self, *, ttl: float | timedelta | None = None, lock_timeout: float | None = 10.0) -> None:
-        self.ttl = ttl_seconds(ttl)
-        self.lock_timeout = lock_timeout
         self.set_aside_values: dict[str, list[Any]] = {}
         self._items: dict[str, _Item] = {}
         self._mutex = threading.Lock()
-        self._locks = MemoryKeyLocks(f"memory:{id(self):x}")
+        locks = InProcessLocks(f"memory:{id(self):x}")
+        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=sys.maxsize)
 
     def __repr__(self) -> str:
         return f"MemoryStorage(<{len(self._items)} sessions>)"
 
-    def read(self, key: str) -> Any | None:
-        got = self.read_versioned(key)
-        return None if got is None else got[0]
+    def about(self) -> list[Figure]:
+        return [Figure("memory", "memory", f"this process ({self!r})")]
 
-    def read_versioned(self, key: str) -> tuple[Any, Version | None] | None:
-        item = self._get(key)
-        return None if item is None else (data.copy(item.value), item.version)
+    def _get(self, key: str) -> Stored | None:
+        item = self._items.get(key)
+        return None if item is None else Stored(item.document, item)
 
-    def has(self, key: str) -> bool:
-        return self._get(key) is not None
+    def _stamp(self, key: str) -> _Item | None:
+        return self._items.get(key)
 
-    def write(self, key: str, value: Any, *, version: Version | None = None) -> None:
-        key_bytes(key)
-        value = data.check_copy(value, key)
-        if value is None:
-            self.delete(key)
-        else:
-            self._write_for_session(key, value, data.encode(value), version)
-
-    # The session middleware's way in (see FileStorage).
-
-    def _read_for_session(self, key: str) -> tuple[Any, Version | None, bytes] | None:
-        item = self._get(key)
-        return None if item is None else (data.copy(item.value), item.version, item.raw)
-
-    def _write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+    def _put(self, key: str, document: bytes) -> _Item:
+        item = _Item(document, time.monotonic())
         with self._mutex:
-            self._items[key] = _Item(value, raw, version, time.monotonic())
+            self._items[key] = item
+        return item
 
-    def delete(self, key: str) -> None:
-        key_bytes(key)
+    def _delete(self, key: str) -> None:
         with self._mutex:
             self._items.pop(key, None)
 
-    def keys(self) -> Iterator[str]:
-        now = time.monotonic()
-        with self._mutex:
-            return iter([key for key, item in self._items.items() if not self._expired(item, now)])
+    def _age(self, stamp: Any) -> float:
+        return time.monotonic() - stamp.used  # type: ignore[no-any-return]
 
-    def lock(self, key: str) -> KeyLock:
-        key_bytes(key)
-        return KeyLock(self._locks, key, self.lock_timeout)
-
-    def set_aside(self, key: str, reason: str) -> str | None:
-        with self.lock(key), self._mutex:
-            item = self._items.pop(key, None)
-            if item is None:
-                return None
-            self.set_aside_values.setdefault(key, []).append(item.value)
-        _log.error("session %r: %s; set it aside in memory, starting afresh", key, reason)
-        return f"{self!r}.set_aside_values[{key!r}]"
-
-    def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
-        seconds = ttl_seconds(ttl) if ttl is not None else self.ttl
-        report = SweepReport()
-        now = time.monotonic()
-        for key in list(self._items):
-            report.scanned += 1
-            if seconds is None:
-                continue
-            try:
-                with self._locks_now(key), self._mutex:
-                    item = self._items.get(key)
-                    if item is None or now - item.used <= seconds:
-                        continue
-                    if not dry_run:
-                        del self._items[key]
-                    report.removed += 1
-            except TimeoutError:
-                report.in_use += 1
-        yield report
-
-    def _locks_now(self, key: str) -> KeyLock:
-        return KeyLock(self._locks, key, 0)
-
-    def _get(self, key: str) -> _Item | None:
-        key_bytes(key)
-        now = time.monotonic()
+    def _touch(self, key: str, stamp: Any) -> _Item | None:
         with self._mutex:
             item = self._items.get(key)
-            if item is None or self._expired(item, now):
-                return None
-            if self.ttl is not None:
-                self._items[key] = item._replace(used=now)
-            return item
+            if item is None or item is not stamp:
+                return None  # written since: its clock is new anyway
+            item = self._items[key] = item._replace(used=time.monotonic())
+        return item
 
-    def _expired(self, item: _Item, now: float) -> bool:
-        return self.ttl is not None and now - item.used > self.ttl
+    def _scan(self, clock: bool) -> Iterator[list[Listed]]:
+        now = time.monotonic()
+        with self._mutex:
+            items = list(self._items.items())
+        yield [Listed(key, now - item.used, len(item.document)) if clock else Listed(key) for key, item in items]
+
+    def _move_aside(self, key: str, expected: Stored | None) -> str | None:
+        with self._mutex:
+            item = self._items.get(key)
+            if item is None or (expected is not None and item.document != expected.document):
+                return None
+            del self._items[key]
+        try:
+            kept: Any = decode_document(item.document, key)[1]
+        except BadDocument:
+            kept = item.document
+        self.set_aside_values.setdefault(key, []).append(kept)
+        return f"{self!r}.set_aside_values[{key!r}]"

@@ -1,0 +1,211 @@
+"""Lock files: keys striped over the :data:`~simplesession.storage.locks.LOCK_STRIPES` files of a folder.
+
+Keys hash onto a fixed number of lock files, so lock files never pile up however many
+sessions there are (deleting a lock file while someone may wait on it would break mutual
+exclusion). Two keys may now and then share a stripe; that costs a short wait, never
+correctness. The lock is filelock's native lock on a descriptor (``flock`` on POSIX,
+``LockFileEx`` on Windows), which the kernel drops when its process dies, so a lock is
+never stale.
+
+Opening a lock file costs more than locking it (several times more beside a busy disk), so
+a stripe keeps its descriptor open between holds. At most :data:`KEPT_DESCRIPTORS` are kept
+per process, and no more than a quarter of its open-file limit (a low one, such as macOS's
+usual 256, must leave the bot room for its own files and sockets); past that, the
+longest-kept idle ones are closed. Keeping them relies on lock files never being deleted,
+which holds: nothing removes a current stripe's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import zlib
+from collections.abc import Callable
+
+from filelock import lock_descriptor, unlock_descriptor
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousands of descriptors
+    resource = None  # type: ignore[assignment]
+
+from ..errors import StorageError
+from .locks import Gate, LockSpace, lasting_gate, stripe_of
+
+__all__ = ["KEPT_DESCRIPTORS", "FileStripes"]
+
+KEPT_DESCRIPTORS = 256
+"""How many lock files a process keeps open between holds at most: all of one storage's
+stripes, and a quarter of Linux's usual limit of 1,024 open files. Under a lower limit,
+a quarter of it."""
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+class _FileGate(Gate):
+    """A stripe's gate, which lives as long as the process and keeps its lock file's descriptor."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+        self.fd: int | None = None  # used only by the gate's holder, or with the gate taken
+
+    def _forget(self) -> None:
+        super()._forget()
+        if self.fd is not None:
+            # Closing the child's copy leaves the parent's lock held; a lock held across the
+            # fork must not later touch a reused descriptor number.
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def close_if_idle(self) -> bool:
+        """Close the kept descriptor unless the stripe is in use; whether it was closed."""
+        if not self._taken.acquire(blocking=False):
+            return False
+        try:
+            if self.fd is None:
+                return False
+            fd, self.fd = self.fd, None
+            os.close(fd)
+            return True
+        finally:
+            self._taken.release()
+
+
+class FileStripes(LockSpace):
+    """Locks on the :data:`LOCK_STRIPES` lock files of one folder.
+
+    :param folder: where the lock files are (``NNN.lock``).
+    :param make_folder: creates ``folder`` (and what it is in) if missing, before the first
+        lock file is opened; called with the key whose lock is wanted, for its error message.
+    :param path_of: the lock file of a key, if the storage works it out faster (with its own
+        cache); by default from :func:`stripe_of` the CRC-32 of the key's UTF-8.
+    """
+
+    def __init__(
+        self, folder: str, make_folder: Callable[[str], None], path_of: Callable[[str], str] | None = None
+    ) -> None:
+        self.folder = folder
+        self._make_folder = make_folder
+        self._folder_made = False
+        self.path = path_of or self._path
+
+    def _path(self, key: str) -> str:
+        return f"{self.folder}{os.sep}{stripe_of(zlib.crc32(key.encode('utf-8'))):03x}.lock"
+
+    def name(self, key: str) -> str:
+        return self.path(key)
+
+    def where(self, key: str) -> tuple[str, str | None]:
+        path = self.path(key)
+        return path, path
+
+    def gate(self, key: str) -> Gate:
+        return lasting_gate(self.path(key), _FileGate)
+
+    def leave(self, gate: Gate) -> None:
+        pass  # a stripe's gate lives on with its kept descriptor
+
+    def try_lock(self, gate: Gate, key: str) -> bool:
+        assert isinstance(gate, _FileGate)
+        fd = gate.fd
+        if fd is None:
+            fd = gate.fd = self._open(gate.path, key)
+            _opened(gate)
+        return lock_descriptor(fd, blocking=False)
+
+    def unlock(self, gate: Gate, key: str) -> None:
+        assert isinstance(gate, _FileGate)
+        assert gate.fd is not None
+        try:
+            unlock_descriptor(gate.fd)
+        except BaseException:
+            _close_kept(gate)  # which unlocks it too
+            raise
+        if len(_kept) > _kept_limit:
+            # Over the limit since the others were all in use when this one opened.
+            _close_kept(gate)
+
+    def _open(self, path: str, key: str) -> int:
+        if not self._folder_made:
+            self._make_folder(key)  # raises a StorageError saying what failed
+            self._folder_made = True
+        try:
+            return os.open(path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            error = exc
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            # A lock works on a descriptor opened for reading too: in a read-only folder,
+            # updates that only read go on.
+            try:
+                return os.open(path, _READ_FLAGS)
+            except OSError:
+                pass
+        wrapped = StorageError(
+            f"cannot open the lock file {path} of session {key!r}: {error.strerror or error}; "
+            "check that the sessions folder exists and is writable",
+            key=key,
+            path=path,
+        )
+        wrapped.errno = error.errno
+        raise wrapped from error
+
+
+# Stripes with a kept descriptor, first opened first.
+_kept: dict[_FileGate, None] = {}
+_kept_lock = threading.Lock()
+# How many may be kept, worked out afresh at each new descriptor: the bot may change its
+# open-file limit at any time, and opening one is rare.
+_kept_limit = KEPT_DESCRIPTORS
+
+
+def _keepable() -> int:
+    if resource is None:  # pragma: no cover - Windows
+        return KEPT_DESCRIPTORS
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return KEPT_DESCRIPTORS
+    return max(1, min(KEPT_DESCRIPTORS, soft // 4))
+
+
+def _opened(gate: _FileGate) -> None:
+    """Count ``gate``'s new descriptor; past the limit, close the longest-kept idle ones."""
+    global _kept_limit
+    with _kept_lock:
+        _kept[gate] = None
+        _kept_limit = _keepable()
+        excess = len(_kept) - _kept_limit
+        if excess <= 0:
+            return
+        for other in list(_kept):
+            if other is not gate and other.close_if_idle():
+                del _kept[other]
+                excess -= 1
+                if not excess:
+                    return
+
+
+def _close_kept(gate: _FileGate) -> None:
+    """Close the descriptor of ``gate``, which the caller holds, and stop counting it."""
+    with _kept_lock:
+        _kept.pop(gate, None)
+    fd, gate.fd = gate.fd, None
+    if fd is not None:
+        os.close(fd)
+
+
+def _forget_kept() -> None:
+    # The child's copies of the descriptors are closed with their gates (see locks).
+    global _kept_lock
+    _kept_lock = threading.Lock()
+    _kept.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kept)

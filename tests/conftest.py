@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hookstorage import HookStorage
 from redisserver import redis_server
 
 from simplesession import FileStorage, MemoryStorage, RedisStorage, Storage
@@ -39,7 +42,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(name)
 
 
-STORAGES = ["memory", "file", "file-nocache", "redis"]
+STORAGES = ["memory", "file", "file-nocache", "redis", "hooks"]
 
 
 def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest) -> Storage:
@@ -51,6 +54,8 @@ def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest) -> 
         return FileStorage(directory)
     if kind == "file-nocache":
         return FileStorage(directory, cache_size=0)
+    if kind == "hooks":
+        return HookStorage()
     raise ValueError(kind)
 
 
@@ -58,3 +63,28 @@ def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest) -> 
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """Every storage adapter, each on its own empty place."""
     return make_storage(request.param, tmp_path / "sessions", request)
+
+
+def make_idle(storage: Storage, key: str, seconds: float) -> None:
+    """Make ``key``'s session look unused for ``seconds``, as each storage keeps its idle clock."""
+    if isinstance(storage, FileStorage):
+        then = time.time_ns() - int(seconds * 1e9)
+        os.utime(storage.path(key), ns=(then, then))
+    elif isinstance(storage, MemoryStorage):
+        item = storage._items[key]
+        storage._items[key] = item._replace(used=item.used - seconds)
+    elif isinstance(storage, HookStorage):
+        document, used, serial = storage._docs[key]
+        storage._docs[key] = (document, used - seconds, serial)
+    elif isinstance(storage, RedisStorage):
+        # Redis's idle clock is the key's expiry: what is left of the ttl.
+        assert storage.ttl is not None
+        left = storage.ttl - seconds
+        name = f"{storage.prefix}s:{key}".encode()
+        if left > 0:
+            storage.client.pexpire(name, int(left * 1000))
+        else:
+            storage.client.pexpire(name, 1)
+            time.sleep(0.01)
+    else:
+        raise TypeError(storage)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hookstorage import HookStorage
 
 from simplesession import FileStorage, RedisStorage
+from simplesession import cli as cli_module
 from simplesession.cli import format_duration, parse_duration
 
 LONG_KEY = "x" * 300  # stored under a hashed file name
@@ -634,3 +636,57 @@ def test_unreachable_redis_fails_with_one_line_and_no_traceback() -> None:
     for command in (["ls"], ["show", "42"], ["rm", "42"], ["stats"], ["export"]):
         assert_one_error_line(cli("--redis", url, *command), f"127.0.0.1:{port}", "Connection refused")
     assert_one_error_line(cli("--redis", url, "import", stdin='{"key": "a", "data": 1}\n'), f"127.0.0.1:{port}")
+
+
+# -- any storage -----------------------------------------------------------------------------------
+
+
+def test_every_command_works_on_a_storage_written_with_only_the_hooks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The command line calls only what the base defines, so a new backend needs nothing here.
+    storage = HookStorage()
+    for key, (value, version) in SESSIONS.items():
+        storage.write(key, value, version=version)
+    monkeypatch.setattr(cli_module, "_storage", lambda args: storage)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        status = cli_module.main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    assert run("ls") == (0, "".join(f"{key}\n" for key in sorted(SESSIONS)), "")
+    status, out, _ = run("ls", "-l")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert status == 0
+    assert [row[0] for row in rows] == sorted(SESSIONS)
+    assert all(row[1].isdigit() and row[2].endswith("Z") for row in rows)
+    status, out, _ = run("show", "chat:-100")
+    assert (status, json.loads(out)) == (0, SESSIONS["chat:-100"][0])
+    status, _, err = run("path", "42")
+    assert status == 1
+    assert "path has no meaning for a dict" in err
+    status, out, _ = run("stats", "--json")
+    figures = json.loads(out)
+    assert status == 0
+    assert figures["sessions"] == len(SESSIONS)
+    assert figures["bytes"] == sum(info.size for info in map(storage.describe, SESSIONS) if info is not None)
+    status, out, _ = run("stats")
+    assert status == 0
+    assert f"sessions:      {len(SESSIONS)}" in out.splitlines()
+    storage.clock += 40 * DAY
+    status, out, _ = run("sweep", "--ttl", "30d", "--dry-run")
+    assert status == 0
+    assert f"would remove {len(SESSIONS)} sessions idle for more than 30d" in out
+    dump = tmp_path / "dump.jsonl"
+    status, out, _ = run("export", str(dump))
+    assert (status, out) == (0, f"exported {len(SESSIONS)} sessions to {dump}\n")
+    assert run("rm", "42")[0] == 0
+    assert sorted(storage.keys()) == sorted(set(SESSIONS) - {"42"})
+    status, out, _ = run("import", str(dump))
+    assert status == 0
+    assert f"imported {len(SESSIONS)} sessions" in out
+    for key, (value, version) in SESSIONS.items():
+        assert storage.read_versioned(key) == (value, version)
+    status, out, _ = run("sweep", "--ttl", "30d")
+    assert (status, storage.stats().sessions) == (0, len(SESSIONS))  # just imported: not idle

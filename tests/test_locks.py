@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from helpers import run_python
 from simplesession import FileStorage, LockTimeout
 from simplesession.storage import stripes
 from simplesession.storage.file import LOCK_STRIPES
+from simplesession.storage.locks import Holder
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds descriptors' paths in /proc")
 
@@ -161,3 +163,26 @@ def test_descriptors_over_the_limit_while_all_were_held_are_closed_on_release(
             assert len(open_lock_files(tmp_path)) == 3
         assert len(open_lock_files(tmp_path)) <= 2
     assert len(open_lock_files(tmp_path)) <= 2
+
+
+def test_a_lock_released_in_another_thread_is_free_for_other_processes(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    lock = storage.lock("42")
+    lock.__enter__()
+    assert state_of(tmp_path, "42") == "held"
+    thread = threading.Thread(target=lock.__exit__, args=(None, None, None))
+    thread.start()
+    thread.join(10)
+    assert state_of(tmp_path, "42") == "free"
+    with storage.lock("42", timeout=0):  # and for this process's other holders
+        assert state_of(tmp_path, "42") == "held"
+
+
+def test_holders_in_one_thread_exclude_each_other_across_storages_on_one_folder(tmp_path: Path) -> None:
+    first, second = FileStorage(tmp_path), FileStorage(tmp_path)
+    assert first.lock_name("42") == second.lock_name("42")
+    with first.lock("42", holder=Holder("one coroutine")):
+        with pytest.raises(LockTimeout), second.lock("42", timeout=0, holder=Holder("another")):
+            pass
+        with pytest.raises(LockTimeout), second.lock("42", timeout=0):  # this thread's own holder is another too
+            pass

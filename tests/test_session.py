@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import PlainStorage
+from hookstorage import HookStorage
 
 from simplesession import (
     Context,
@@ -694,3 +696,45 @@ def test_a_hand_formatted_session_file_is_rewritten_only_when_changed(tmp_path: 
     run(session(storage=FileStorage(tmp_path)), message(), bump)
     assert replaced == [str(path)]
     assert path.read_bytes() == b'{"format":1,"key":"42","data":{"count":2}}\n'
+
+
+# -- any storage -------------------------------------------------------------------------------
+
+
+def test_every_option_works_on_a_storage_written_with_only_the_hooks(caplog: pytest.LogCaptureFixture) -> None:
+    # The middleware calls only what the base defines, so a new backend needs nothing here.
+    storage = HookStorage()
+    storage.write("42", {"count": 1})  # from before migrations
+    mw = session(
+        initial=lambda: {"count": 0, "premium": False},
+        storage=storage,
+        ttl=100,
+        migrations={1: lambda old: {**old, "premium": False}},
+        sweep_interval=0.001,
+    )
+    assert storage.ttl == 100  # the middleware's, given to a storage that had none
+    assert run(mw, message(), bump).session == {"count": 2, "premium": False}
+    assert storage.read_versioned("42") == ({"count": 2, "premium": False}, 1)
+    run(mw, message(), lambda ctx: ctx.session["count"])  # only reads
+    assert storage.read_versioned("42") == ({"count": 2, "premium": False}, 1)
+    storage.write("7", {"count": -1, "premium": False}, version=1)
+
+    def refuse(value: Any) -> None:
+        if value["count"] < 0:
+            raise ValueError("negative")
+
+    checked = session(initial=lambda: {"count": 0}, storage=storage, validate=refuse, sweep_interval=None)
+    with caplog.at_level(logging.ERROR, logger="simplesession"):
+        assert run(checked, message(chat_id=7), lambda ctx: None).session == {"count": 0}
+    assert storage.aside["7"]  # set aside, kept
+    assert any("'7'" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    storage.clock += 200  # every session is idle now
+    assert run(mw, message(), lambda ctx: None).session == {"count": 0, "premium": False}
+    for _ in range(3):  # the automatic sweep, one slice an update
+        time.sleep(0.002)
+        run(mw, message(chat_id=99), lambda ctx: None)
+    assert list(storage.keys()) == []
+    seen: list[Any] = []
+    run(lazy_session(storage=storage, initial=dict), message(), lambda ctx: seen.append(ctx.session))
+    assert seen == [{}]
+    assert run(mw, message(), bump).session == storage.read("42") == {"count": 1, "premium": False}

@@ -1,0 +1,183 @@
+"""The options of one session (one fragment of a multi session): where it is kept, how it is
+keyed, migrated and checked. :mod:`simplesession.session` runs updates with them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from .context import Context
+from .errors import MigrationError, SessionDataError, SessionKeyError
+from .keys import key_bytes
+from .storage import FileStorage
+from .storage.document import Version
+from .storage.plain import PlainStorage, SessionStore, session_store
+from .storage.values import ttl_seconds
+
+__all__ = ["DEFAULT_MAX_SIZE", "Fragment", "KeyFunction"]
+
+_log = logging.getLogger("simplesession.session")
+
+DEFAULT_MAX_SIZE = 1 << 20
+"""Bytes of JSON a session may take by default (1 MiB); a WARNING is logged above half."""
+
+KeyFunction = Callable[[Context], "str | None"]
+"""``get_session_key``: the key of an update's session, or ``None`` for none."""
+
+
+class Fragment:
+    """The options of one session (of one fragment, for multi sessions)."""
+
+    __slots__ = (
+        "get_session_key",
+        "initial",
+        "latest",
+        "lazy",
+        "lock",
+        "max_size",
+        "migrations",
+        "name",
+        "prefix",
+        "storage",
+        "validate",
+    )
+
+    def __init__(
+        self,
+        name: str | None,
+        *,
+        initial: Callable[[], Any] | None = None,
+        storage: PlainStorage | None = None,
+        get_session_key: KeyFunction | None = None,
+        prefix: str | None = None,
+        ttl: float | timedelta | None = None,
+        migrations: Mapping[Version, Callable[[Any], Any]] | None = None,
+        validate: Callable[[Any], Any] | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        lazy: bool = False,
+    ) -> None:
+        where = "session()" if name is None else f"multi_session fragment {name!r}"
+        if initial is not None and not callable(initial):
+            raise TypeError(
+                f"{where}: initial must be a function that makes a new session, such as "
+                f"initial=lambda: {{'count': 0}}, not a {type(initial).__name__}: one shared object "
+                "would leak changes from one chat into every other"
+            )
+        if get_session_key is not None and not callable(get_session_key):
+            raise TypeError(f"{where}: get_session_key must be a function of ctx, not {get_session_key!r}")
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"{where}: prefix must be a str, not {prefix!r}")
+        if validate is not None and not callable(validate):
+            raise TypeError(f"{where}: validate must be a function of the session data, not {validate!r}")
+        if max_size is not None and (type(max_size) is not int or max_size <= 0):
+            raise ValueError(f"{where}: max_size must be a number of bytes > 0 or None, not {max_size!r}")
+        self.name = name
+        self.initial = initial
+        # The idle clock lives with the data (file times, Redis expiry), so ttl is the storage's.
+        seconds = ttl_seconds(ttl)
+        self.storage: SessionStore = FileStorage(ttl=seconds) if storage is None else session_store(storage, where)
+        self.storage.use_ttl(seconds, where)
+        self.get_session_key = get_session_key
+        # Fragments share the default folder, so each gets its own key space by default.
+        self.prefix = prefix if prefix is not None else ("" if name is None else f"{name}:")
+        self.migrations = _sorted_migrations(where, migrations)
+        self.latest: Version | None = self.migrations[-1][0] if self.migrations else None
+        if self.migrations and not self.storage.records_versions:
+            raise TypeError(
+                f"{where}: migrations need a storage that records versions (FileStorage, MemoryStorage, "
+                f"RedisStorage), not {self.storage!r}; a storage of your own can migrate in its read()"
+            )
+        self.validate = validate
+        self.max_size = max_size
+        self.lazy = bool(lazy)
+        self.lock = self.storage.lock
+
+    def key_for(self, ctx: Context) -> tuple[str | None, str]:
+        """The storage key for ``ctx``, or ``None`` and why there is none."""
+        if self.get_session_key is None:  # the chat id, as a string
+            chat_id = ctx.chat_id
+            key = None if chat_id is None else str(chat_id)
+        else:
+            key = self.get_session_key(ctx)
+            if key is not None and not isinstance(key, str):
+                raise SessionKeyError(
+                    f"get_session_key must return a str or None, not {type(key).__name__} {key!r}; wrap it in str()"
+                )
+            if key is not None and not key.isascii():
+                try:
+                    key_bytes(key)
+                except ValueError as exc:
+                    raise SessionKeyError(f"get_session_key returned a key no storage can hold: {exc}") from None
+        if key is not None:
+            return self.prefix + key, ""
+        update_id = ctx.update.get("update_id")
+        update = f"this {ctx.kind} update" if update_id is None else f"update {update_id} ({ctx.kind})"
+        if self.get_session_key is None:
+            return None, (
+                f"{update} belongs to no chat, so it has no session key; "
+                "pass get_session_key= to key sessions by something else"
+            )
+        return None, f"get_session_key returned None for {update}"
+
+    def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:
+        """``(value, version, its JSON if the storage knows it)``, or ``None``."""
+        return self.storage.read_for_session(key, versions=bool(self.migrations))
+
+    def write(self, key: str, value: Any, raw: bytes) -> None:
+        """Store ``value``, a private checked copy whose JSON is ``raw``, at the newest version."""
+        self.storage.write_for_session(key, value, raw, self.latest)
+
+    def migrate(self, key: str, value: Any, version: Version | None) -> Any:
+        """``value`` (stored at ``version``, ``None`` being the oldest) brought up to date."""
+        assert self.latest is not None
+        if version is not None and version > self.latest:
+            raise MigrationError(
+                f"session {key!r} is at version {version}, newer than this bot's newest migration "
+                f"({self.latest}); was it written by a newer release?",
+                key=key,
+                version=version,
+            )
+        for target, migration in self.migrations:
+            if version is None or target > version:
+                try:
+                    value = migration(value)
+                except Exception as exc:
+                    raise MigrationError(
+                        f"migration to version {target} failed for session {key!r}: {type(exc).__name__}: {exc}; "
+                        "the stored session is unchanged",
+                        key=key,
+                        version=target,
+                    ) from exc
+        return value
+
+    def check_size(self, key: str, raw: bytes) -> None:
+        if self.max_size is None or len(raw) <= self.max_size // 2:
+            return
+        if len(raw) > self.max_size:
+            raise SessionDataError(
+                f"session {key!r} is {len(raw):,} bytes of JSON, over max_size={self.max_size:,}; nothing "
+                "was stored. Keep sessions small (ids and settings, not histories), or raise max_size",
+                key=key,
+            )
+        _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
+
+
+def _sorted_migrations(
+    where: str, migrations: Mapping[Version, Callable[[Any], Any]] | None
+) -> list[tuple[Version, Callable[[Any], Any]]]:
+    if migrations is None:
+        return []
+    if not isinstance(migrations, Mapping):
+        raise TypeError(f"{where}: migrations must be a dict of version: function, not {migrations!r}")
+    for version, migration in migrations.items():
+        if type(version) not in (int, float) or not math.isfinite(version):
+            raise TypeError(
+                f"{where}: migration versions are numbers (int or float) so that 10 comes after 9, "
+                f"not {type(version).__name__} {version!r}"
+            )
+        if not callable(migration):
+            raise TypeError(f"{where}: the migration to version {version} must be a function, not {migration!r}")
+    return sorted(migrations.items(), key=lambda item: item[0])

@@ -273,6 +273,23 @@ def test_long_keys_use_hashed_names_that_keys_reverses(tmp_path: Path) -> None:
     assert sorted(FileStorage(tmp_path).keys()) == sorted(long_keys)
 
 
+def test_a_hashed_file_whose_recorded_key_is_not_text_is_set_aside_and_the_rest_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FileStorage(tmp_path)
+    storage.write("a" * 200, 1)
+    storage.write("b" * 200, 2)
+    path = storage.path("a" * 200)
+    path.write_bytes(b'{"format":1,"key":"' + b"\\udcff" * 200 + b'","data":1}')  # a lone surrogate
+    with caplog.at_level(logging.ERROR, logger="simplesession"):
+        assert list(FileStorage(tmp_path).keys()) == ["b" * 200]
+        assert FileStorage(tmp_path).stats().sessions == 1
+    assert not path.exists()
+    (moved,) = (tmp_path / "corrupt").iterdir()
+    assert moved.read_bytes().startswith(b'{"format":1,"key":"\\udcff')
+    assert any("not valid Unicode" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+
+
 # -- corrupt and unreadable files -------------------------------------------------------
 
 

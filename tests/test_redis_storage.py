@@ -72,7 +72,7 @@ def raw_name(storage: RedisStorage, key: str) -> bytes:
 
 
 def names(client: redis.Redis, pattern: str) -> list[bytes]:
-    return sorted(bytes(name) for name in client.scan_iter(match=pattern))
+    return sorted({bytes(name) for name in client.scan_iter(match=pattern)})  # SCAN may return a key twice
 
 
 def start_holder(redis_url: str, prefix: str, lock_expiry: float) -> subprocess.Popen[str]:

@@ -738,3 +738,26 @@ def test_every_option_works_on_a_storage_written_with_only_the_hooks(caplog: pyt
     run(lazy_session(storage=storage, initial=dict), message(), lambda ctx: seen.append(ctx.session))
     assert seen == [{}]
     assert run(mw, message(), bump).session == storage.read("42") == {"count": 1, "premium": False}
+
+
+def test_threads_counting_one_chat_on_a_storage_of_your_own_lose_no_update() -> None:
+    # A storage with only read, write and delete is locked per key within the process.
+    plain = PlainStorage()
+    mw = session(initial=lambda: {"count": 0}, storage=plain)
+
+    def slow_bump(ctx: Context) -> None:
+        count = ctx.session["count"]
+        time.sleep(0.001)  # another thread's update would get in here
+        ctx.session["count"] = count + 1
+
+    def worker() -> None:
+        for _ in range(25):
+            run(mw, message(), slow_bump)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert plain.values == {"42": {"count": 100}}

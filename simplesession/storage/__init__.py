@@ -1,23 +1,33 @@
-"""Storage adapters: where sessions are kept."""
+"""Storage adapters: where sessions are kept, and what a new backend builds on."""
 
 from __future__ import annotations
 
 from .base import Storage
 from .document import Version
 from .file import FileStorage, default_directory
+from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
 from .redis import RedisStorage
-from .values import Figure, KeyInfo, StorageStats, SweepReport
+from .stripes import FileStripes
+from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable
 
 __all__ = [
     "Figure",
     "FileStorage",
+    "FileStripes",
+    "Holder",
+    "InProcessLocks",
     "KeyInfo",
+    "KeyLock",
+    "Listed",
+    "LockSpace",
     "MemoryStorage",
     "RedisStorage",
     "Storage",
     "StorageStats",
+    "Stored",
     "SweepReport",
+    "Unreadable",
     "Version",
     "default_directory",
 ]

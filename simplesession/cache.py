@@ -1,12 +1,13 @@
-"""A small thread-safe LRU map, the in-memory front of :class:`~simplesession.FileStorage`."""
+"""The in-memory front caches of storages: a small thread-safe LRU map, and one that keeps all."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["LRUCache"]
+__all__ = ["Cache", "LRUCache", "MapCache"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -45,6 +46,35 @@ class LRUCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Cache(Protocol[V]):
+    """What a storage's front cache offers, by session key."""
+
+    def get(self, key: str) -> V | None: ...
+
+    def put(self, key: str, value: V) -> None: ...
+
+    def discard(self, key: str) -> None: ...
+
+
+class MapCache(Generic[K, V]):
+    """Keeps every entry: a plain dict, each of whose single operations is atomic already."""
+
+    def __init__(self) -> None:
+        self._data: dict[K, V] = {}
+        # The dict's own methods, called without a Python frame between.
+        self.get: Callable[[K], V | None] = self._data.get
+        self.put: Callable[[K, V], None] = self._data.__setitem__
+
+    def discard(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
 
     def __len__(self) -> int:
         return len(self._data)

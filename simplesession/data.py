@@ -64,24 +64,29 @@ def checked_copy(value: Any) -> Any:
     try:
         return _check_copy(value, MAX_DEPTH)
     except _Refused:
-        pass
-    problem = _find_problem(value, "session", MAX_DEPTH)
-    assert problem is not None
-    raise NotSessionData(*problem)
+        raise _refusal(value) from None
 
 
 def check_copy(value: Any, key: str | None = None) -> Any:
     """A deep copy of ``value``, or :class:`SessionDataError` naming what is not JSON data."""
     try:
-        return checked_copy(value)
-    except NotSessionData as problem:
-        whose = f"session {key!r}" if key is not None else "a session"
-        raise SessionDataError(
-            f"cannot store {whose}: {problem}; sessions hold only JSON data "
-            "(dict with str keys, list, str, int, float, bool, None)",
-            key=key,
-            where=problem.where,
-        ) from None
+        return _check_copy(value, MAX_DEPTH)  # checked_copy, without a call on the hot path
+    except _Refused:
+        problem = _refusal(value)
+    whose = f"session {key!r}" if key is not None else "a session"
+    raise SessionDataError(
+        f"cannot store {whose}: {problem}; sessions hold only JSON data "
+        "(dict with str keys, list, str, int, float, bool, None)",
+        key=key,
+        where=problem.where,
+    )
+
+
+def _refusal(value: Any) -> NotSessionData:
+    # The slow path, run only after _check_copy refused: it walks again to say where.
+    problem = _find_problem(value, "session", MAX_DEPTH)
+    assert problem is not None
+    return NotSessionData(*problem)
 
 
 def encode(value: Any) -> bytes:

@@ -43,6 +43,7 @@ class Fragment:
         "prefix",
         "storage",
         "validate",
+        "versioned",
     )
 
     def __init__(
@@ -85,6 +86,7 @@ class Fragment:
         self.prefix = prefix if prefix is not None else ("" if name is None else f"{name}:")
         self.migrations = _sorted_migrations(where, migrations)
         self.latest: Version | None = self.migrations[-1][0] if self.migrations else None
+        self.versioned = bool(self.migrations)  # whether sessions are read with their versions
         if self.migrations and not self.storage.records_versions:
             raise TypeError(
                 f"{where}: migrations need a storage that records versions (FileStorage, MemoryStorage, "
@@ -121,14 +123,6 @@ class Fragment:
                 "pass get_session_key= to key sessions by something else"
             )
         return None, f"get_session_key returned None for {update}"
-
-    def read(self, key: str) -> tuple[Any, Version | None, bytes | None] | None:
-        """``(value, version, its JSON if the storage knows it)``, or ``None``."""
-        return self.storage.read_for_session(key, versions=bool(self.migrations))
-
-    def write(self, key: str, value: Any, raw: bytes) -> None:
-        """Store ``value``, a private checked copy whose JSON is ``raw``, at the newest version."""
-        self.storage.write_for_session(key, value, raw, self.latest)
 
     def migrate(self, key: str, value: Any, version: Version | None) -> Any:
         """``value`` (stored at ``version``, ``None`` being the oldest) brought up to date."""

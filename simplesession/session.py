@@ -105,7 +105,7 @@ class _Slot:
             lock = fragment.lock(key)
             lock.__enter__()
             self._held = lock
-        got = fragment.read(key)
+        got = fragment.storage.read_for_session(key, fragment.versioned)
         if got is None:
             value = self._version = None
             self._stored, self._baseline = False, b"null"
@@ -154,7 +154,7 @@ class _Slot:
         if raw == self._baseline and self._version == fragment.latest:
             return None
         fragment.check_size(key, raw)
-        return lambda: fragment.write(key, value, raw)
+        return lambda: fragment.storage.write_for_session(key, value, raw, fragment.latest)
 
     def finish(self, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``), then release the lock."""

@@ -12,14 +12,13 @@ import errno
 import itertools
 import os
 import time
-from collections.abc import Callable
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TEMP_PREFIX", "Folder", "Stamp", "flush_to_disk", "stamp_of"]
+__all__ = ["TEMP_PREFIX", "Folder", "Stamp", "flush_to_disk"]
 
 TEMP_PREFIX = ".tmp-"
 """Begins the name of a file being written; one left behind is a crashed writer's."""
@@ -67,10 +66,6 @@ def flush_to_disk(fd: int) -> None:
     os.fsync(fd)
 
 
-def stamp_of(st: os.stat_result) -> Stamp:
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 class Folder:
     """One folder of a store and the calls made in it.
 
@@ -115,7 +110,7 @@ class Folder:
             raise ReadFailed(exc.errno, exc.strerror, path) from exc
         finally:
             os.close(fd)
-        return stamp_of(st), raw
+        return (st.st_ino, st.st_mtime_ns, st.st_size), raw
 
     def stat(self, name: str) -> os.stat_result:
         """The entry's own status (a link is not followed)."""
@@ -142,19 +137,16 @@ class Folder:
     def names(self) -> list[str]:
         return os.listdir(self.path)
 
-    def replace(self, name: str, data: bytes, *, fsync: bool, make: Callable[[], None]) -> Stamp:
+    def replace(self, name: str, data: bytes, fsync: bool) -> Stamp:
         """Atomically make the file ``name`` hold ``data``; the new file's stamp.
 
         The data goes to a temporary file in the same folder, which then replaces the old
         file in one step: a process killed at any instant leaves the old or the new file.
-        ``make`` creates the folder if it is missing. With ``fsync`` the file is flushed
-        before it replaces the old one; the folder is the caller's to sync.
+        With ``fsync`` the file is flushed before it replaces the old one; the folder is the
+        caller's to sync. ``FileNotFoundError`` if the folder is missing.
         """
         temp = f"{self._prefix}{TEMP_PREFIX}{_pid}-{next(_temp_names)}"
         try:
-            fd = os.open(temp, _CREATE_FLAGS, 0o600)
-        except FileNotFoundError:
-            make()
             fd = os.open(temp, _CREATE_FLAGS, 0o600)
         except FileExistsError:
             # Left by an earlier process that had our pid; a fresh name will do.
@@ -182,7 +174,7 @@ class Folder:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        return stamp_of(st)
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def make(self, top: str, *, fsync: bool) -> None:
         """Create this folder and the missing ones it is in: those inside ``top`` (and ``top``)

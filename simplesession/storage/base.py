@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from .. import data
-from ..cache import LRUCache
+from ..cache import Cache, LRUCache, MapCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
+from ..keys import key_bytes
 from .document import BadDocument, Version, check_version, data_json, decode_document, document_of
 from .locks import KeyLock, LockSpace
 from .values import (
@@ -48,6 +49,9 @@ reads need not write each time; sessions may expire up to 1 % early."""
 
 class _Default(enum.Enum):
     TIMEOUT = "the storage's lock_timeout"
+
+
+_DEFAULT_TIMEOUT = _Default.TIMEOUT
 
 
 class _Entry(NamedTuple):
@@ -81,7 +85,8 @@ class Storage(ABC):
     :param lock_timeout: seconds :meth:`lock` waits before raising
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
     :param cache_size: how many decoded sessions to keep in memory, validated by
-        :meth:`_stamp` on each use (0: none). Only for backends whose stamps are cheap.
+        :meth:`_stamp` on each use (0: none; ``None``: all). Only for backends whose stamps
+        are cheap.
     """
 
     #: What kind of place it is, for messages ("files", "Redis").
@@ -104,14 +109,15 @@ class Storage(ABC):
         locks: LockSpace,
         ttl: float | timedelta | None = None,
         lock_timeout: float | None = 10.0,
-        cache_size: int = 0,
+        cache_size: int | None = 0,
     ) -> None:
         self._locks = locks
         self.ttl = ttl_seconds(ttl)
         self.lock_timeout = lock_timeout
-        self._cache: LRUCache[str, _Entry] | None = LRUCache(cache_size) if cache_size else None
-        if cache_size and type(self)._stamp is Storage._stamp:
+        cache: Cache[_Entry] = MapCache() if cache_size is None else LRUCache(cache_size)  # checks it
+        if cache_size != 0 and type(self)._stamp is Storage._stamp:
             raise TypeError(f"{type(self).__name__} has no cheap stamps, so it cannot keep a cache")
+        self._cache = cache if cache_size != 0 else None
 
     @property
     def ttl(self) -> float | None:
@@ -195,8 +201,9 @@ class Storage(ABC):
         may enter it again (that only counts) and exit it from another thread. Give each
         coroutine a holder of its own (a :class:`~simplesession.storage.locks.Holder`).
         """
-        check_key(key)
-        wait = self._lock_timeout if timeout is _Default.TIMEOUT else check_lock_timeout(timeout)
+        if type(key) is not str or not key.isascii():
+            key_bytes(key)  # raises, saying what a key must be
+        wait = self._lock_timeout if timeout is _DEFAULT_TIMEOUT else check_lock_timeout(timeout)
         return KeyLock(self._locks, key, wait, holder)
 
     def lock_name(self, key: str) -> str:
@@ -307,7 +314,7 @@ class Storage(ABC):
 
     # -- the session middleware's way in -------------------------------------------------
 
-    def read_for_session(self, key: str, *, versions: bool = False) -> tuple[Any, Version | None, bytes | None] | None:
+    def read_for_session(self, key: str, versions: bool = False) -> tuple[Any, Version | None, bytes | None] | None:
         """``(value, version, its JSON as stored)`` for the session middleware, or ``None``.
 
         The JSON tells whether a handler changed the value. A subclass that overrides
@@ -335,7 +342,9 @@ class Storage(ABC):
         """Store ``value``, a private copy that :func:`simplesession.data.check_copy` made and
         whose JSON is ``raw``, at ``version`` (through an overridden :meth:`write` if any)."""
         if self._fast:
-            self._store(key, value, raw, version)
+            stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
+            if self._cache is not None:
+                self._cache.put(key, _Entry(stamp, value, version, raw))
         elif version is not None:
             self.write(key, value, version=version)
         else:
@@ -402,7 +411,8 @@ class Storage(ABC):
 
     def _fetch(self, key: str, copy: bool = True) -> tuple[_Entry, Any] | None:
         """``key``'s entry and a private copy of its value (if ``copy``), or ``None``."""
-        check_key(key)
+        if type(key) is not str or not key.isascii():  # check_key, without a call on the hot path
+            key_bytes(key)
         cache = self._cache
         if cache is not None:
             entry = cache.get(key)
@@ -427,16 +437,17 @@ class Storage(ABC):
             if cache is not None:
                 cache.discard(key)
             return None
+        document = stored.document
         try:
-            _, value, version = decode_document(stored.document, key)
-            private = data.checked_copy(value)
+            _, value, version = decode_document(document, key)
+            private = data.checked_copy(value)  # read by the rules of writing, as its caller's copy
         except BadDocument as exc:
             self._quarantine(key, str(exc), stored)
             return None
         except data.NotSessionData as exc:
             self._quarantine(key, f"its data cannot be a session: {exc}", stored)
             return None
-        entry = _Entry(stored.stamp, value, version, data_json(stored.document, key, version))
+        entry = _Entry(stored.stamp, value, version, data_json(document, key, version))
         if cache is not None:
             cache.put(key, entry)
         if self._idle_ttl is not None:

@@ -104,7 +104,9 @@ class FileStorage(Storage):
         self._dir = str(self.directory)
         self._corrupt_dir = Folder(os.path.join(self._dir, CORRUPT_DIR))
         self._lock_dir = Folder(os.path.join(self._dir, LOCK_DIR))
-        stripes = FileStripes(self._lock_dir.path, lambda key: self._make(self._lock_dir, key), self._lock_path)
+        stripes = FileStripes(
+            self._lock_dir.path, lambda key: self._make(self._lock_dir, key), functools.partial(_locate, self._dir)
+        )
         super().__init__(locks=stripes, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size)
 
     def __repr__(self) -> str:
@@ -190,9 +192,6 @@ class FileStorage(Storage):
             key_bytes(key)  # raises, saying what a key must be
         return _locate(self._dir, key)
 
-    def _lock_path(self, key: str) -> str:
-        return self._locate(key)[2]
-
     def _get(self, key: str) -> Stored | None:
         folder, name, _ = _locate(self._dir, key)
         try:
@@ -217,7 +216,11 @@ class FileStorage(Storage):
     def _put(self, key: str, document: bytes) -> Stamp:
         folder, name, _ = _locate(self._dir, key)
         try:
-            stamp = folder.replace(name, document, fsync=self.fsync, make=lambda: self._make(folder, key))
+            try:
+                stamp = folder.replace(name, document, self.fsync)
+            except FileNotFoundError:
+                self._make(folder, key)  # the first write to this shard
+                stamp = folder.replace(name, document, self.fsync)
         except StorageError:
             raise  # from _make, which said what failed
         except OSError as exc:

@@ -92,6 +92,10 @@ class Gate:
 
     __slots__ = ("_taken", "depth", "forgotten", "name", "owner", "proof", "users")
 
+    #: Whether the gate exists only while in use (counted in ``users``); a lasting one,
+    #: such as a lock file's with its kept descriptor, lives as long as the process.
+    transient = True
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._taken = threading.Lock()  # held while a holder owns the gate
@@ -128,12 +132,11 @@ class LockSpace(ABC):
         """``(text, path)`` naming ``key``'s lock in messages, and in :attr:`LockTimeout.path`."""
 
     def gate(self, key: str) -> Gate:
-        """The gate of ``key``'s lock, counted as used until :meth:`leave`."""
-        return _join(self.name(key))
+        """This process's gate of ``key``'s lock: by default one that exists while in use.
 
-    def leave(self, gate: Gate) -> None:
-        """One use of ``gate`` (from :meth:`gate`) is over."""
-        _leave(gate)
+        A backend may return a :func:`lasting_gate` instead, one of its own making.
+        """
+        return _join(self.name(key))
 
     @abstractmethod
     def try_lock(self, gate: Gate, key: str) -> bool:
@@ -145,40 +148,6 @@ class LockSpace(ABC):
     @abstractmethod
     def unlock(self, gate: Gate, key: str) -> None:
         """Give back what :meth:`try_lock` took."""
-
-
-def acquire(space: LockSpace, key: str, holder: object, timeout: float | None) -> Gate:
-    """Hold ``key``'s lock for ``holder`` (again, if it holds it already); its gate.
-
-    Waits at most ``timeout`` seconds in all (``None``: for ever), then raises
-    :class:`~simplesession.LockTimeout`.
-    """
-    gate = space.gate(key)
-    try:
-        if gate.owner is holder:  # only this holder can have made itself the owner
-            gate.depth += 1
-            return gate
-        # The usual case, a free lock, asks for no clock. Waiting for this process's other
-        # holders and then for other processes share one deadline.
-        deadline = None
-        taken = gate._taken
-        if not taken.acquire(blocking=False):
-            if timeout is not None:
-                deadline = time.monotonic() + timeout
-            if not taken.acquire(timeout=-1 if timeout is None else timeout):
-                raise _timeout(space, key, timeout)
-        try:
-            if not space.try_lock(gate, key):
-                _wait(space, gate, key, timeout, deadline)
-        except BaseException:
-            taken.release()
-            raise
-        gate.owner = holder
-        gate.depth = 1
-        return gate
-    except BaseException:
-        space.leave(gate)
-        raise
 
 
 def _wait(space: LockSpace, gate: Gate, key: str, timeout: float | None, deadline: float | None) -> None:
@@ -193,24 +162,6 @@ def _wait(space: LockSpace, gate: Gate, key: str, timeout: float | None, deadlin
         poll = min(poll * 2, space.last_poll)
         if space.try_lock(gate, key):
             return
-
-
-def release(space: LockSpace, gate: Gate, key: str, holder: object) -> None:
-    """Give back one hold of ``key``'s lock by ``holder``; the last one frees it."""
-    if gate.forgotten:
-        return
-    if gate.owner is not holder:
-        raise RuntimeError(f"the lock of session {key!r} is not held by {holder!r}")
-    try:
-        gate.depth -= 1
-        if gate.depth == 0:
-            try:
-                space.unlock(gate, key)
-            finally:
-                gate.owner = None
-                gate._taken.release()
-    finally:
-        space.leave(gate)
 
 
 def _timeout(space: LockSpace, key: str, timeout: float | None) -> LockTimeout:
@@ -241,7 +192,12 @@ class KeyLock:
         self._space = space
         self.key = key
         self.timeout = timeout
-        self.holder = thread_holder() if holder is None else holder
+        if holder is None:
+            try:  # thread_holder(), without a call on the hot path
+                holder = _threads.holder
+            except AttributeError:
+                holder = thread_holder()
+        self.holder = holder
         self._gate: Gate | None = None
 
     @property
@@ -249,14 +205,61 @@ class KeyLock:
         return self._space.name(self.key)
 
     def __enter__(self) -> None:
-        self._gate = acquire(self._space, self.key, self.holder, self.timeout)
+        """Hold the key for the holder (again, if it holds it already).
+
+        Waits at most ``timeout`` seconds in all (``None``: for ever), then raises
+        :class:`~simplesession.LockTimeout`.
+        """
+        space, key, holder = self._space, self.key, self.holder
+        gate = self._gate = space.gate(key)
+        try:
+            if gate.owner is holder:  # only this holder can have made itself the owner
+                gate.depth += 1
+                return
+            # The usual case, a free lock, asks for no clock. Waiting for this process's
+            # other holders and then for other processes share one deadline.
+            deadline = None
+            taken, timeout = gate._taken, self.timeout
+            if not taken.acquire(False):  # positional: a keyword costs more, every update
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
+                if not taken.acquire(timeout=-1 if timeout is None else timeout):
+                    raise _timeout(space, key, timeout)
+            try:
+                if not space.try_lock(gate, key):
+                    _wait(space, gate, key, timeout, deadline)
+            except BaseException:
+                taken.release()
+                raise
+            gate.owner = holder
+            gate.depth = 1
+        except BaseException:
+            if gate.transient:
+                _leave(gate)
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._gate is None:
+        """Give back one hold; the last one frees the key."""
+        gate = self._gate
+        if gate is None:
             raise RuntimeError(f"the lock of session {self.key!r} was never entered")
-        release(self._space, self._gate, self.key, self.holder)
+        if gate.forgotten:
+            return  # entered before a fork, in the parent: the parent's to release
+        if gate.owner is not self.holder:
+            raise RuntimeError(f"the lock of session {self.key!r} is not held by {self.holder!r}")
+        try:
+            depth = gate.depth = gate.depth - 1
+            if depth == 0:
+                try:
+                    self._space.unlock(gate, self.key)
+                finally:
+                    gate.owner = None
+                    gate._taken.release()
+        finally:
+            if gate.transient:
+                _leave(gate)
 
     def __repr__(self) -> str:
         return f"<KeyLock {self.key!r} on {self.name} for {self.holder!r}>"
@@ -305,19 +308,20 @@ class InProcessLocks(LockSpace):
 
 
 _G = TypeVar("_G", bound=Gate)
-# Gates that live as long as the process (a lock file's, with its kept descriptor).
-_lasting: dict[str, Gate] = {}
+lasting: dict[str, Gate] = {}
+"""Gates that live as long as the process (a lock file's, with its kept descriptor), by name;
+look one up here, and make it with :func:`lasting_gate`."""
 _lasting_mutex = threading.Lock()
 
 
 def lasting_gate(name: str, make: Callable[[str], _G]) -> _G:
     """The gate called ``name`` that lives as long as the process, made by ``make`` at first use."""
-    gate = _lasting.get(name)
+    gate = lasting.get(name)
     if gate is None:
         with _lasting_mutex:
-            gate = _lasting.get(name)
+            gate = lasting.get(name)
             if gate is None:
-                gate = _lasting[name] = make(name)
+                gate = lasting[name] = make(name)
     return gate  # type: ignore[return-value]
 
 
@@ -326,10 +330,10 @@ def _after_fork_in_child() -> None:
     # (a lock object entered before the fork then releases nothing) and starts afresh.
     global _gates_mutex, _lasting_mutex
     _gates_mutex, _lasting_mutex = threading.Lock(), threading.Lock()
-    for gate in [*_gates.values(), *_lasting.values()]:
+    for gate in [*_gates.values(), *lasting.values()]:
         gate._forget()
     _gates.clear()
-    _lasting.clear()
+    lasting.clear()  # the same dict: who looks gates up in it keeps finding it
 
 
 if hasattr(os, "register_at_fork"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ class MemoryStorage(Storage):
         self._items: dict[str, _Item] = {}
         self._mutex = threading.Lock()
         locks = InProcessLocks(f"memory:{id(self):x}")
-        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=sys.maxsize)
+        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=None)
 
     def __repr__(self) -> str:
         return f"MemoryStorage(<{len(self._items)} sessions>)"

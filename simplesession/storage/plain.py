@@ -23,6 +23,8 @@ __all__ = ["PlainStorage", "SessionStore", "UserStorage", "session_store"]
 
 _log = logging.getLogger("simplesession.storage")
 _MISSING = object()
+LOCK_TIMEOUT = 10.0
+"""Seconds a storage of the user's own waits for a key's in-process lock, as the built-in ones do by default."""
 
 
 @runtime_checkable
@@ -43,7 +45,7 @@ class SessionStore(Protocol):
     def records_versions(self) -> bool: ...
 
     def read_for_session(
-        self, key: str, *, versions: bool = False
+        self, key: str, versions: bool = False
     ) -> tuple[Any, Version | None, bytes | None] | None: ...
 
     def write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None: ...
@@ -87,7 +89,7 @@ class UserStorage:
     def __repr__(self) -> str:
         return repr(self.storage)
 
-    def read_for_session(self, key: str, *, versions: bool = False) -> tuple[Any, Version | None, bytes | None] | None:
+    def read_for_session(self, key: str, versions: bool = False) -> tuple[Any, Version | None, bytes | None] | None:
         if versions:
             found = self.storage.read_versioned(key)  # type: ignore[attr-defined]
             return None if found is None else (found[0], found[1], None)
@@ -106,7 +108,7 @@ class UserStorage:
     def lock(self, key: str) -> AbstractContextManager[Any]:
         if self._own_lock is not None:
             return self._own_lock(key)  # type: ignore[no-any-return]
-        return KeyLock(self._locks, key, 10.0)
+        return KeyLock(self._locks, key, LOCK_TIMEOUT)
 
     def lock_name(self, key: str) -> str:
         return self._locks.name(key)

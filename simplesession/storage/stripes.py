@@ -23,6 +23,7 @@ import os
 import threading
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousa
     resource = None  # type: ignore[assignment]
 
 from ..errors import StorageError
-from .locks import Gate, LockSpace, lasting_gate, stripe_of
+from .locks import Gate, LockSpace, lasting, lasting_gate, stripe_of
 
 __all__ = ["KEPT_DESCRIPTORS", "FileStripes"]
 
@@ -49,6 +50,7 @@ class _FileGate(Gate):
     """A stripe's gate, which lives as long as the process and keeps its lock file's descriptor."""
 
     __slots__ = ("fd", "path")
+    transient = False
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
@@ -84,20 +86,25 @@ class FileStripes(LockSpace):
     :param folder: where the lock files are (``NNN.lock``).
     :param make_folder: creates ``folder`` (and what it is in) if missing, before the first
         lock file is opened; called with the key whose lock is wanted, for its error message.
-    :param path_of: the lock file of a key, if the storage works it out faster (with its own
-        cache); by default from :func:`stripe_of` the CRC-32 of the key's UTF-8.
+    :param locate: where the storage keeps what it worked out about a key (with a cache of
+        its own), the lock file's path last: then this is not worked out again. By default
+        the lock file is the stripe :func:`stripe_of` the CRC-32 of the key's UTF-8.
     """
 
     def __init__(
-        self, folder: str, make_folder: Callable[[str], None], path_of: Callable[[str], str] | None = None
+        self, folder: str, make_folder: Callable[[str], None], locate: Callable[[str], tuple[Any, ...]] | None = None
     ) -> None:
         self.folder = folder
         self._make_folder = make_folder
         self._folder_made = False
-        self.path = path_of or self._path
+        self._locate = locate or self._stripe
 
-    def _path(self, key: str) -> str:
-        return f"{self.folder}{os.sep}{stripe_of(zlib.crc32(key.encode('utf-8'))):03x}.lock"
+    def _stripe(self, key: str) -> tuple[str]:
+        return (f"{self.folder}{os.sep}{stripe_of(zlib.crc32(key.encode('utf-8'))):03x}.lock",)
+
+    def path(self, key: str) -> str:
+        """The lock file of ``key``."""
+        return self._locate(key)[-1]  # type: ignore[no-any-return]
 
     def name(self, key: str) -> str:
         return self.path(key)
@@ -107,30 +114,26 @@ class FileStripes(LockSpace):
         return path, path
 
     def gate(self, key: str) -> Gate:
-        return lasting_gate(self.path(key), _FileGate)
-
-    def leave(self, gate: Gate) -> None:
-        pass  # a stripe's gate lives on with its kept descriptor
+        # A stripe's gate lives on with its kept descriptor.
+        path = self._locate(key)[-1]
+        return lasting.get(path) or lasting_gate(path, _FileGate)
 
     def try_lock(self, gate: Gate, key: str) -> bool:
-        assert isinstance(gate, _FileGate)
-        fd = gate.fd
+        fd = gate.fd  # type: ignore[attr-defined]  # a _FileGate: this space made it
         if fd is None:
-            fd = gate.fd = self._open(gate.path, key)
-            _opened(gate)
+            fd = gate.fd = self._open(gate.path, key)  # type: ignore[attr-defined]
+            _opened(gate)  # type: ignore[arg-type]
         return lock_descriptor(fd, blocking=False)
 
     def unlock(self, gate: Gate, key: str) -> None:
-        assert isinstance(gate, _FileGate)
-        assert gate.fd is not None
         try:
-            unlock_descriptor(gate.fd)
+            unlock_descriptor(gate.fd)  # type: ignore[attr-defined]
         except BaseException:
-            _close_kept(gate)  # which unlocks it too
+            _close_kept(gate)  # type: ignore[arg-type]  # which unlocks it too
             raise
         if len(_kept) > _kept_limit:
             # Over the limit since the others were all in use when this one opened.
-            _close_kept(gate)
+            _close_kept(gate)  # type: ignore[arg-type]
 
     def _open(self, path: str, key: str) -> int:
         if not self._folder_made:

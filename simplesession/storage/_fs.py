@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import time
@@ -18,10 +19,25 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TEMP_PREFIX", "Folder", "Stamp", "flush_to_disk"]
+from ..keys import place_key
+from .locks import stripe_of
+
+__all__ = [
+    "LOCK_DIR",
+    "TEMP_PREFIX",
+    "Folder",
+    "ReadFailed",
+    "Stamp",
+    "TooLarge",
+    "flush_to_disk",
+    "folder_at",
+    "locate",
+]
 
 TEMP_PREFIX = ".tmp-"
 """Begins the name of a file being written; one left behind is a crashed writer's."""
+LOCK_DIR = ".locks"
+"""The folder of a store's lock files."""
 
 Stamp = tuple[int, int, int]
 """``(inode, mtime in ns, size)``: identifies one version of a file, as every write makes a
@@ -85,11 +101,13 @@ class Folder:
         """The path of the entry ``name``, for messages."""
         return self._prefix + name
 
-    def read(self, name: str) -> tuple[Stamp, bytes]:
+    def read(self, name: str, limit: int | None = None) -> tuple[Stamp, bytes]:
         """The stamp and bytes of the file ``name``.
 
-        Opening raises the system's error (``FileNotFoundError``, ``PermissionError``, ...);
-        a failure to read what was opened raises :class:`ReadFailed`.
+        With ``limit``, a file of more bytes raises :class:`TooLarge` without being read
+        in, and a file that grows past it while read stops the read there. Opening raises
+        the system's error (``FileNotFoundError``, ``PermissionError``, ...); a failure to
+        read what was opened raises :class:`ReadFailed`.
         """
         path = self._prefix + name
         try:
@@ -100,8 +118,12 @@ class Folder:
             fd = os.open(path, _READ_FLAGS & ~_O_NOATIME)  # another user's file
         try:
             st = os.fstat(fd)
+            if limit is not None and st.st_size > limit:
+                raise TooLarge(st.st_size, limit, path)
             raw = os.read(fd, st.st_size + 1)
             while len(raw) > st.st_size:  # it grew since the fstat: not one of our files
+                if limit is not None and len(raw) > limit:
+                    raise TooLarge(len(raw), limit, path)
                 more = os.read(fd, 1 << 16)
                 if not more:
                     break
@@ -203,3 +225,31 @@ class Folder:
 
 class ReadFailed(OSError):
     """A file was opened but could not be read."""
+
+
+class TooLarge(ValueError):
+    """A file holds more bytes than the reader's limit: ``size`` (at least) over ``limit``."""
+
+    def __init__(self, size: int, limit: int, path: str) -> None:
+        super().__init__(f"{path} holds {size:,} bytes or more, over the limit of {limit:,}")
+        self.size = size
+        self.limit = limit
+        self.path = path
+
+
+@functools.lru_cache(maxsize=8192)
+def locate(directory: str, key: str) -> tuple[Folder, str, str]:
+    """The shard folder, file name and lock file of ``key`` (a valid key) in the store at
+    ``directory``: worked out once per hot key."""
+    shard, name, crc = place_key(key)
+    return (
+        folder_at(f"{directory}{os.sep}{shard}"),
+        name,
+        f"{directory}{os.sep}{LOCK_DIR}{os.sep}{stripe_of(crc):03x}.lock",
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def folder_at(path: str) -> Folder:
+    """The :class:`Folder` at ``path``, one object for all who ask."""
+    return Folder(path)

@@ -15,11 +15,11 @@ from typing import Any
 import platformdirs
 
 from ..errors import StorageError
-from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name, place_key
-from ._fs import TEMP_PREFIX, Folder, ReadFailed, Stamp
+from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
+from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, folder_at, locate
 from .base import Storage
 from .document import BadDocument, decode_document
-from .locks import LOCK_STRIPES, stripe_of
+from .locks import LOCK_STRIPES
 from .stripes import FileStripes
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable, aside_suffix
 
@@ -32,24 +32,7 @@ SHARDS = 256
 # writer that crashed.
 DEBRIS_AGE = 3600.0
 CORRUPT_DIR = "corrupt"
-LOCK_DIR = ".locks"
 _STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
-
-
-@functools.lru_cache(maxsize=8192)
-def _locate(directory: str, key: str) -> tuple[Folder, str, str]:
-    """The shard folder, file name and lock file of ``key``: worked out once per hot key."""
-    shard, name, crc = place_key(key)
-    return (
-        _folder(f"{directory}{os.sep}{shard}"),
-        name,
-        f"{directory}{os.sep}{LOCK_DIR}{os.sep}{stripe_of(crc):03x}.lock",
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _folder(path: str) -> Folder:
-    return Folder(path)
 
 
 def default_directory(app_name: str = "simplesession") -> Path:
@@ -105,7 +88,7 @@ class FileStorage(Storage):
         self._corrupt_dir = Folder(os.path.join(self._dir, CORRUPT_DIR))
         self._lock_dir = Folder(os.path.join(self._dir, LOCK_DIR))
         stripes = FileStripes(
-            self._lock_dir.path, lambda key: self._make(self._lock_dir, key), functools.partial(_locate, self._dir)
+            self._lock_dir.path, lambda key: self._make(self._lock_dir, key), functools.partial(locate, self._dir)
         )
         super().__init__(locks=stripes, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size)
 
@@ -151,7 +134,7 @@ class FileStorage(Storage):
         temp = 0
         for shard in range(SHARDS):
             try:
-                entries = _folder(os.path.join(self._dir, f"{shard:02x}")).scan()
+                entries = folder_at(os.path.join(self._dir, f"{shard:02x}")).scan()
             except FileNotFoundError:
                 entries = []
             for entry in entries:
@@ -190,10 +173,10 @@ class FileStorage(Storage):
     def _locate(self, key: str) -> tuple[Folder, str, str]:
         if type(key) is not str:
             key_bytes(key)  # raises, saying what a key must be
-        return _locate(self._dir, key)
+        return locate(self._dir, key)
 
     def _get(self, key: str) -> Stored | None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         try:
             stamp, raw = folder.read(name)
         except FileNotFoundError:
@@ -205,7 +188,7 @@ class FileStorage(Storage):
         return Stored(raw, stamp)
 
     def _stamp(self, key: str) -> Stamp | None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         try:
             return folder.stamp(name)
         except FileNotFoundError:
@@ -214,7 +197,7 @@ class FileStorage(Storage):
             raise self._error("read", key, folder.file(name), exc) from exc
 
     def _put(self, key: str, document: bytes) -> Stamp:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         try:
             try:
                 stamp = folder.replace(name, document, self.fsync)
@@ -230,7 +213,7 @@ class FileStorage(Storage):
         return stamp
 
     def _delete(self, key: str) -> None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         try:
             folder.unlink(name)
         except FileNotFoundError:
@@ -244,7 +227,7 @@ class FileStorage(Storage):
         return (time.time_ns() - stamp[1]) / 1e9  # type: ignore[no-any-return]
 
     def _touch(self, key: str, stamp: Any) -> Stamp | None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         now = time.time_ns()
         try:
             folder.set_times(name, now)
@@ -254,7 +237,7 @@ class FileStorage(Storage):
         return stamp[0], now, stamp[2]
 
     def _idle(self, key: str) -> tuple[float, int] | None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         try:
             st = folder.stat(name)
         except FileNotFoundError:
@@ -281,7 +264,7 @@ class FileStorage(Storage):
         return SHARDS + 1
 
     def _move_aside(self, key: str, expected: Stored | None) -> str | None:
-        folder, name, _ = _locate(self._dir, key)
+        folder, name, _ = locate(self._dir, key)
         if expected is not None:
             try:
                 if folder.stamp(name) != expected.stamp:
@@ -303,7 +286,7 @@ class FileStorage(Storage):
 
     def _list(self, shard: str, clock: bool, sweep: tuple[SweepReport, bool] | None) -> list[Listed]:
         """The sessions in one shard folder; when sweeping, its old temporary files are removed too."""
-        folder = _folder(os.path.join(self._dir, shard))
+        folder = folder_at(os.path.join(self._dir, shard))
         try:
             entries = folder.scan()
         except FileNotFoundError:

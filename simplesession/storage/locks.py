@@ -5,8 +5,8 @@ object on the same place) queues the holders of this process cheaply and gives r
 Beneath it the backend takes the lock that other processes and machines see: ``flock`` on
 a lock file, a key on a Redis server. What is the same for every backend lives here: the
 gate, the deadline and back-off, the :class:`~simplesession.LockTimeout` message, and the
-reset after ``fork``. A backend is a :class:`LockSpace` with two hooks, :meth:`~LockSpace.
-try_lock` and :meth:`~LockSpace.unlock`.
+reset after ``fork``. A backend is a :class:`LockSpace` with two hooks,
+:meth:`~LockSpace.try_lock` and :meth:`~LockSpace.unlock`.
 
 Ownership and re-entry belong to a *holder*: any object, by default the calling thread's
 own (:func:`thread_holder`). The holder goes with the lock object, so a lock taken in one
@@ -38,6 +38,8 @@ __all__ = [
     "InProcessLocks",
     "KeyLock",
     "LockSpace",
+    "lasting",
+    "lasting_gate",
     "stripe_of",
     "thread_holder",
 ]

@@ -118,15 +118,11 @@ class FileStorage(Storage):
         return [Figure("directory", "directory", self._dir), Figure("corrupt_dir", None, self._corrupt_dir.path)]
 
     def describe(self, key: str) -> KeyInfo | None:
-        folder, name, _ = self._locate(key)
-        try:
-            st = folder.stat(name)
-        except FileNotFoundError:
+        st = self._status(self._locate(key), key, "look at")
+        if st is None:
             return None
-        except OSError as exc:
-            raise self._error("look at", key, folder.file(name), exc) from exc
         used = st.st_mtime_ns / 1e9
-        return KeyInfo(folder.file(name), st.st_size, used, None if self.ttl is None else used + self.ttl)
+        return KeyInfo(self.where(key), st.st_size, used, None if self.ttl is None else used + self.ttl)
 
     def stats(self, progress: Callable[[int, int], object] | None = None) -> StorageStats:
         """Counts and sizes of what the folder holds (``progress(done, 256)`` after each shard)."""
@@ -237,14 +233,18 @@ class FileStorage(Storage):
         return stamp[0], now, stamp[2]
 
     def _idle(self, key: str) -> tuple[float, int] | None:
-        folder, name, _ = locate(self._dir, key)
+        st = self._status(locate(self._dir, key), key, "remove the idle")
+        return None if st is None else ((time.time_ns() - st.st_mtime_ns) / 1e9, st.st_size)
+
+    def _status(self, place: tuple[Folder, str, str], key: str, action: str) -> os.stat_result | None:
+        """The status of ``key``'s file at ``place`` (``None``: there is none); ``action`` is for errors."""
+        folder, name, _ = place
         try:
-            st = folder.stat(name)
+            return folder.stat(name)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise self._error("remove the idle", key, folder.file(name), exc) from exc
-        return (time.time_ns() - st.st_mtime_ns) / 1e9, st.st_size
+            raise self._error(action, key, folder.file(name), exc) from exc
 
     def _scan(self, clock: bool) -> Iterator[list[Listed]]:
         for shard in self._shards():

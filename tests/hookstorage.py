@@ -33,7 +33,7 @@ class HookStorage(Storage):
 
     def _get(self, key: str) -> Stored | None:
         found = self._docs.get(key)
-        return None if found is None else Stored(found[0], found[1:])
+        return None if found is None else (found[0], found[1:])
 
     def _stamp(self, key: str) -> tuple[float, int] | None:
         found = self._docs.get(key)
@@ -68,7 +68,7 @@ class HookStorage(Storage):
     def _move_aside(self, key: str, expected: Stored | None) -> str | None:
         with self._mutex:
             found = self._docs.get(key)
-            if found is None or (expected is not None and found[0] != expected.document):
+            if found is None or (expected is not None and found[0] != expected[0]):
                 return None
             del self._docs[key]
             self.aside[key] = found[0]

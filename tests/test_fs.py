@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simplesession.storage._fs import LOCK_DIR, TEMP_PREFIX, Folder, TooLarge, folder_at, locate
+from simplesession.storage._fs import LOCK_DIR, TEMP_PREFIX, Folder, TooLarge, locate, shard_folder
 
 
 def test_a_read_returns_the_bytes_and_a_stamp_that_a_replace_changes(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_a_leftover_temporary_name_of_this_process_is_stepped_over(tmp_path: Pat
 
 def test_locate_gives_each_key_its_shard_file_and_lock_file(tmp_path: Path) -> None:
     folder, name, lock = locate(str(tmp_path), "Chat:42")
-    assert folder is folder_at(folder.path)  # one object per folder
+    assert folder is shard_folder(str(tmp_path), Path(folder.path).name)  # one object per folder
     assert Path(folder.path).parent == tmp_path
     assert name == "k~43hat~3a42.json"
     assert Path(lock).parent == tmp_path / LOCK_DIR

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from ..keys import place_key
-from .locks import stripe_of
+from .locks import LOCK_STRIPES, stripe_of
 
 __all__ = [
     "LOCK_DIR",
@@ -30,8 +30,8 @@ __all__ = [
     "Stamp",
     "TooLarge",
     "flush_to_disk",
-    "folder_at",
     "locate",
+    "shard_folder",
 ]
 
 TEMP_PREFIX = ".tmp-"
@@ -242,14 +242,18 @@ def locate(directory: str, key: str) -> tuple[Folder, str, str]:
     """The shard folder, file name and lock file of ``key`` (a valid key) in the store at
     ``directory``: worked out once per hot key."""
     shard, name, crc = place_key(key)
-    return (
-        folder_at(f"{directory}{os.sep}{shard}"),
-        name,
-        f"{directory}{os.sep}{LOCK_DIR}{os.sep}{stripe_of(crc):03x}.lock",
-    )
+    shards, locks = _layout(directory)
+    return shards[shard], name, locks[stripe_of(crc)]
 
 
-@functools.lru_cache(maxsize=1024)
-def folder_at(path: str) -> Folder:
-    """The :class:`Folder` at ``path``, one object for all who ask."""
-    return Folder(path)
+@functools.lru_cache(maxsize=64)
+def _layout(directory: str) -> tuple[dict[str, Folder], list[str]]:
+    # A store's shard folders and lock files, made once: a key not in locate's cache finds
+    # its own among them, with no path to build.
+    shards = {f"{i:02x}": Folder(f"{directory}{os.sep}{i:02x}") for i in range(256)}
+    return shards, [f"{directory}{os.sep}{LOCK_DIR}{os.sep}{i:03x}.lock" for i in range(LOCK_STRIPES)]
+
+
+def shard_folder(directory: str, shard: str) -> Folder:
+    """The :class:`Folder` of the shard ``shard`` (two hex digits) of the store at ``directory``."""
+    return _layout(directory)[0][shard]

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
@@ -54,13 +54,10 @@ class _Default(enum.Enum):
 _DEFAULT_TIMEOUT = _Default.TIMEOUT
 
 
-class _Entry(NamedTuple):
-    # What the front cache holds for a key. ``raw`` is the value's JSON once known, which
-    # spares the middleware encoding it again.
-    stamp: Hashable
-    value: Any
-    version: Version | None
-    raw: bytes | None
+_Entry = tuple[Hashable, Any, "Version | None", "bytes | None"]
+# What the front cache holds for a key: (stamp, value, version, raw). ``raw`` is the value's
+# JSON once known, which spares the middleware encoding it again. A plain tuple, as one is
+# made on every read from the store and every write.
 
 
 class Storage(ABC):
@@ -149,7 +146,7 @@ class Storage(ABC):
     def read_versioned(self, key: str) -> tuple[Any, Version | None] | None:
         """``(value, version)`` stored under ``key``, or ``None``; see :meth:`write`."""
         got = self._fetch(key)
-        return None if got is None else (got[1], got[0].version)
+        return None if got is None else (got[1], got[0][2])
 
     def has(self, key: str) -> bool:
         """Whether ``read(key)`` would return a value."""
@@ -274,9 +271,9 @@ class Storage(ABC):
             return None
         used = expires = None
         if not self.expires_by_itself:
-            used = time.time() - self._age(stored.stamp)
+            used = time.time() - self._age(stored[1])
             expires = None if self._ttl is None else used + self._ttl
-        return KeyInfo(self.where(key), len(stored.document), used, expires)
+        return KeyInfo(self.where(key), len(stored[0]), used, expires)
 
     def about(self) -> list[Figure]:
         """Where the storage is, as figures (the command line's ``stats`` shows them first)."""
@@ -325,13 +322,12 @@ class Storage(ABC):
             got = self._fetch(key)
             if got is None:
                 return None
-            entry, value = got
-            raw = entry.raw
+            (stamp, stored, version, raw), value = got
             if raw is None:
-                raw = data.encode(entry.value)
+                raw = data.encode(stored)
                 if self._cache is not None:
-                    self._cache.put(key, entry._replace(raw=raw))
-            return value, entry.version, raw
+                    self._cache.put(key, (stamp, stored, version, raw))
+            return value, version, raw
         if versions:
             found = self.read_versioned(key)
             return None if found is None else (found[0], found[1], None)
@@ -344,7 +340,7 @@ class Storage(ABC):
         if self._fast:
             stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
             if self._cache is not None:
-                self._cache.put(key, _Entry(stamp, value, version, raw))
+                self._cache.put(key, (stamp, value, version, raw))
         elif version is not None:
             self.write(key, value, version=version)
         else:
@@ -364,7 +360,7 @@ class Storage(ABC):
     @abstractmethod
     def _put(self, key: str, document: bytes) -> Hashable:
         """Store ``document`` under ``key`` in one step (a reader sees the old or the new
-        one, never a mix), resetting its idle clock; return its stamp (see :class:`Stored`)."""
+        one, never a mix), resetting its idle clock; return its stamp (see :data:`Stored`)."""
 
     @abstractmethod
     def _delete(self, key: str) -> None:
@@ -400,7 +396,7 @@ class Storage(ABC):
             stored = self._get(key)
         except Unreadable:
             return None
-        return None if stored is None else (self._age(stored.stamp), len(stored.document))
+        return None if stored is None else (self._age(stored[1]), len(stored[0]))
 
     def _sweep_pages(self, clock: bool, dry_run: bool) -> Iterator[tuple[list[Listed], SweepReport]]:
         """The pages of a sweep, each with a report of the leftovers the backend removed in it."""
@@ -418,13 +414,13 @@ class Storage(ABC):
             entry = cache.get(key)
             if entry is not None:
                 stamp = self._stamp(key)
-                if stamp == entry.stamp:
+                if stamp == entry[0]:
                     if self._idle_ttl is not None:
                         fresh = self._fresh(key, entry)
                         if fresh is None:
                             return None
                         entry = fresh
-                    return entry, data.copy(entry.value) if copy else None
+                    return entry, data.copy(entry[1]) if copy else None
                 if stamp is None:
                     cache.discard(key)
                     return None
@@ -437,7 +433,7 @@ class Storage(ABC):
             if cache is not None:
                 cache.discard(key)
             return None
-        document = stored.document
+        document, stamp = stored
         try:
             _, value, version = decode_document(document, key)
             private = data.checked_copy(value)  # read by the rules of writing, as its caller's copy
@@ -447,7 +443,7 @@ class Storage(ABC):
         except data.NotSessionData as exc:
             self._quarantine(key, f"its data cannot be a session: {exc}", stored)
             return None
-        entry = _Entry(stored.stamp, value, version, data_json(document, key, version))
+        entry = (stamp, value, version, data_json(document, key, version))
         if cache is not None:
             cache.put(key, entry)
         if self._idle_ttl is not None:
@@ -462,13 +458,13 @@ class Storage(ABC):
         as reading never deletes); a read now and then also resets its idle clock."""
         ttl = self._idle_ttl
         assert ttl is not None
-        age = self._age(entry.stamp)
+        age = self._age(entry[0])
         if age > ttl:
             return None
         if age > ttl * TOUCH_FRACTION:
-            stamp = self._touch(key, entry.stamp)
+            stamp = self._touch(key, entry[0])
             if stamp is not None:
-                entry = entry._replace(stamp=stamp)
+                entry = (stamp, *entry[1:])
                 if self._cache is not None:
                     self._cache.put(key, entry)
         return entry
@@ -476,7 +472,7 @@ class Storage(ABC):
     def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
-            self._cache.put(key, _Entry(stamp, value, version, raw))
+            self._cache.put(key, (stamp, value, version, raw))
 
     def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
         """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``
@@ -491,7 +487,7 @@ class Storage(ABC):
             else:
                 if now is None:
                     return None
-                if check and (found is None or now.document != found.document) and _decodes(now, key):
+                if check and (found is None or now[0] != found[0]) and _decodes(now[0], key):
                     return None
             try:
                 where = self._move_aside(key, now)
@@ -536,9 +532,9 @@ class Storage(ABC):
             return None
 
 
-def _decodes(stored: Stored, key: str) -> bool:
+def _decodes(document: bytes, key: str) -> bool:
     try:
-        data.checked_copy(decode_document(stored.document, key)[1])
+        data.checked_copy(decode_document(document, key)[1])
     except (BadDocument, data.NotSessionData):
         return False
     return True

@@ -16,7 +16,7 @@ import platformdirs
 
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, folder_at, locate
+from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, locate, shard_folder
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES
@@ -130,7 +130,7 @@ class FileStorage(Storage):
         temp = 0
         for shard in range(SHARDS):
             try:
-                entries = folder_at(os.path.join(self._dir, f"{shard:02x}")).scan()
+                entries = shard_folder(self._dir, f"{shard:02x}").scan()
             except FileNotFoundError:
                 entries = []
             for entry in entries:
@@ -181,7 +181,7 @@ class FileStorage(Storage):
             raise Unreadable(f"it cannot be read: {exc.strerror}") from exc
         except OSError as exc:
             raise self._error("read", key, folder.file(name), exc) from exc
-        return Stored(raw, stamp)
+        return raw, stamp
 
     def _stamp(self, key: str) -> Stamp | None:
         folder, name, _ = locate(self._dir, key)
@@ -267,7 +267,7 @@ class FileStorage(Storage):
         folder, name, _ = locate(self._dir, key)
         if expected is not None:
             try:
-                if folder.stamp(name) != expected.stamp:
+                if folder.stamp(name) != expected[1]:
                     return None  # replaced since it was read
             except FileNotFoundError:
                 return None
@@ -286,7 +286,7 @@ class FileStorage(Storage):
 
     def _list(self, shard: str, clock: bool, sweep: tuple[SweepReport, bool] | None) -> list[Listed]:
         """The sessions in one shard folder; when sweeping, its old temporary files are removed too."""
-        folder = folder_at(os.path.join(self._dir, shard))
+        folder = shard_folder(self._dir, shard)
         try:
             entries = folder.scan()
         except FileNotFoundError:

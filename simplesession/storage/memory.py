@@ -55,7 +55,7 @@ class MemoryStorage(Storage):
 
     def _get(self, key: str) -> Stored | None:
         item = self._items.get(key)
-        return None if item is None else Stored(item.document, item)
+        return None if item is None else (item.document, item)
 
     def _stamp(self, key: str) -> _Item | None:
         return self._items.get(key)
@@ -90,7 +90,7 @@ class MemoryStorage(Storage):
     def _move_aside(self, key: str, expected: Stored | None) -> str | None:
         with self._mutex:
             item = self._items.get(key)
-            if item is None or (expected is not None and item.document != expected.document):
+            if item is None or (expected is not None and item.document != expected[0]):
                 return None
             del self._items[key]
         try:

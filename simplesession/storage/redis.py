@@ -200,7 +200,7 @@ class RedisStorage(Storage):
         if raw is None:
             return None
         assert isinstance(raw, bytes)  # decode_responses=False
-        return Stored(raw, None)
+        return raw, None
 
     def _put(self, key: str, document: bytes) -> None:
         ttl = self.ttl
@@ -247,7 +247,7 @@ class RedisStorage(Storage):
         # In one step on the server: only if the value still is what the caller found
         # (a string of those bytes, or for None something that is not a string).
         aside = self._prefix + b"aside:" + key_bytes(key) + f":{aside_suffix()}".encode()
-        what, raw = ("other", b"") if expected is None else ("same", expected.document)
+        what, raw = ("other", b"") if expected is None else ("same", expected[0])
         try:
             moved = self._set_aside(keys=[self._name(key), aside], args=[what, raw])
         except self._failure as exc:

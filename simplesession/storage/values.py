@@ -136,15 +136,10 @@ class KeyInfo(NamedTuple):
     expires: float | None
 
 
-class Stored(NamedTuple):
-    """A stored document as a backend's :meth:`Storage._get` found it.
-
-    :ivar stamp: identifies this version of it (``None`` where a backend cannot tell), so
-        that the cache knows when a value it holds was replaced.
-    """
-
-    document: bytes
-    stamp: Hashable
+Stored = tuple[bytes, Hashable]
+"""``(document, stamp)``: a stored document as a backend's ``_get`` found it, and what
+identifies this version of it (``None`` where a backend cannot tell), so that the cache
+knows when a value it holds was replaced. A plain tuple: one is made on every read."""
 
 
 class Listed(NamedTuple):

@@ -1,15 +1,17 @@
 """The counter bot: /count counts the commands of each chat.
 
 Without BOT_TOKEN it talks on the console: type /count and press Enter (Ctrl-D quits).
-Sessions are kept in the default FileStorage folder, so the count survives a restart.
+Sessions are kept in the folder of the app "counter_bot" (on Linux
+~/.local/share/counter_bot/sessions), so the count survives a restart, and no other bot's
+sessions mix with them: `simplesession --app counter_bot ls` lists them.
 """
 
 import os
 
-from simplesession import Bot, Context, session
+from simplesession import Bot, Context, FileStorage, session
 
 bot = Bot(os.environ.get("BOT_TOKEN"))
-bot.use(session(initial=lambda: {"count": 0}))
+bot.use(session(initial=lambda: {"count": 0}, storage=FileStorage(app_name="counter_bot")))
 
 
 @bot.command("count")

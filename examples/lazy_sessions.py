@@ -1,15 +1,16 @@
 """Lazy sessions: the session is read only by handlers that touch ctx.session.
 
 /count reads and writes the session; any other text is echoed without reading it, so
-those updates do no disk I/O and take no lock.
+those updates do no disk I/O and take no lock. Sessions are kept under the app name
+"lazy_sessions", apart from the other examples'.
 """
 
 import os
 
-from simplesession import Bot, Context, lazy_session
+from simplesession import Bot, Context, FileStorage, lazy_session
 
 bot = Bot(os.environ.get("BOT_TOKEN"))
-bot.use(lazy_session(initial=lambda: {"count": 0}))
+bot.use(lazy_session(initial=lambda: {"count": 0}, storage=FileStorage(app_name="lazy_sessions")))
 
 
 @bot.command("count")

@@ -3,20 +3,24 @@
 /name NAME   remember your name (user session: follows you into every chat)
 /mute        toggle muting for this chat (chat session: shared by its members)
 /me          show both
+
+Both fragments are kept under the app name "multi_sessions", apart from the other examples'.
 """
 
 import os
 
-from simplesession import Bot, Context, multi_session
+from simplesession import Bot, Context, FileStorage, multi_session
 
+storage = FileStorage(app_name="multi_sessions")
 bot = Bot(os.environ.get("BOT_TOKEN"))
 bot.use(
     multi_session(
         user={
             "initial": lambda: {"username": "", "language": "en"},
             "get_session_key": lambda ctx: None if ctx.from_id is None else str(ctx.from_id),
+            "storage": storage,
         },
-        chat={"initial": lambda: {"settings": {"muted": False}}},
+        chat={"initial": lambda: {"settings": {"muted": False}}, "storage": storage},
     )
 )
 

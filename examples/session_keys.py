@@ -2,12 +2,14 @@
 
 python examples/session_keys.py user     # default: per user
 python examples/session_keys.py member   # per user in each chat
+
+Both modes keep their sessions under the app name "session_keys", apart by prefix.
 """
 
 import os
 import sys
 
-from simplesession import Bot, Context, session
+from simplesession import Bot, Context, FileStorage, session
 
 
 def per_user(ctx: Context) -> str | None:
@@ -24,7 +26,8 @@ KEYS = {"user": per_user, "member": per_member}
 mode = sys.argv[1] if len(sys.argv) > 1 else "user"
 
 bot = Bot(os.environ.get("BOT_TOKEN"))
-bot.use(session(initial=lambda: {"count": 0}, get_session_key=KEYS[mode], prefix=f"{mode}:"))
+storage = FileStorage(app_name="session_keys")
+bot.use(session(initial=lambda: {"count": 0}, storage=storage, get_session_key=KEYS[mode], prefix=f"{mode}:"))
 
 
 @bot.command("count")

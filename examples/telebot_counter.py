@@ -2,6 +2,7 @@
 
 Needs pyTelegramBotAPI (pip install 'simplesession[telebot]') and BOT_TOKEN.
 TELEGRAM_API_URL points it at another Bot API server, such as a self-hosted one.
+Sessions are kept under the app name "telebot_counter", apart from the other examples'.
 """
 
 import os
@@ -10,6 +11,7 @@ import sys
 from telebot import TeleBot, apihelper
 from telebot.types import Message
 
+from simplesession import FileStorage
 from simplesession.contrib.telebot import SessionMiddleware
 
 if "BOT_TOKEN" not in os.environ:
@@ -18,7 +20,7 @@ if "TELEGRAM_API_URL" in os.environ:
     apihelper.API_URL = os.environ["TELEGRAM_API_URL"].rstrip("/") + "/bot{0}/{1}"  # type: ignore[assignment]
 
 bot = TeleBot(os.environ["BOT_TOKEN"], use_class_middlewares=True)
-bot.setup_middleware(SessionMiddleware(initial=lambda: {"count": 0}))
+bot.setup_middleware(SessionMiddleware(initial=lambda: {"count": 0}, storage=FileStorage(app_name="telebot_counter")))
 
 
 @bot.message_handler(commands=["count"])

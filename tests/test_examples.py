@@ -15,9 +15,12 @@ from simplesession import FileStorage
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def console(script: str, lines: list[str], data_dir: Path, *args: str) -> list[str]:
+def console(script: str, lines: list[str], data_dir: Path | None, *args: str) -> list[str]:
+    """The replies of ``script`` to ``lines`` on the console; its sessions in ``data_dir``,
+    or with None where the example itself puts them."""
     env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
-    env["SIMPLESESSION_DIR"] = str(data_dir)
+    if data_dir is not None:
+        env["SIMPLESESSION_DIR"] = str(data_dir)
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
         input="".join(f"{line}\n" for line in lines),
@@ -68,6 +71,35 @@ def test_multi_sessions_example_keeps_user_and_chat_data_apart(tmp_path: Path) -
     storage = FileStorage(tmp_path)
     assert storage.read("user:1") == {"username": "Ann", "language": "en"}
     assert storage.read("chat:1") == {"settings": {"muted": True}}
+
+
+def test_the_examples_keep_their_sessions_apart_on_one_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a newcomer runs them: one HOME, no $SIMPLESESSION_DIR, the console always chat 1
+    # and user 1. Sharing one folder, session_keys' "user:1" would be multi_sessions' user
+    # fragment, and counter_bot and lazy_sessions would go on with each other's counts.
+    monkeypatch.delenv("SIMPLESESSION_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runs = [
+        ("session_keys.py", ["/count"], ["1 (session user:1)"]),
+        ("multi_sessions.py", ["/me"], ["name='' language=en muted=False"]),
+        ("counter_bot.py", ["/count"], ["You have sent 1 commands"]),
+        ("lazy_sessions.py", ["/count"], ["You have sent 1 commands"]),
+        ("multi_sessions.py", ["/name Ann"], ["Hello, Ann"]),
+    ]
+    for script, lines, replies in runs:
+        assert console(script, lines, None) == replies, script
+    apps = {
+        "session_keys": {"user:1": {"count": 1}},
+        "multi_sessions": {"user:1": {"username": "Ann", "language": "en"}},
+        "counter_bot": {"1": {"count": 1}},
+        "lazy_sessions": {"1": {"count": 1}},
+    }
+    for app, sessions in apps.items():
+        storage = FileStorage(app_name=app)
+        assert tmp_path in storage.directory.parents, app
+        assert {key: storage.read(key) for key in sorted(storage.keys())} == sessions, app
+    assert len({FileStorage(app_name=app).directory for app in apps}) == len(apps)
 
 
 def test_counter_bot_greets_a_person_at_a_terminal(tmp_path: Path) -> None:

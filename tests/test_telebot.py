@@ -504,8 +504,14 @@ def test_importing_without_telebot_names_the_pip_command() -> None:
     assert "pip install 'simplesession[telebot]'" in done.stdout
 
 
-def test_telebot_counter_example_counts_on_a_bot_api_server_of_its_own(tmp_path: Path, api: FakeBotAPI) -> None:
-    env = {**os.environ, "BOT_TOKEN": api.token, "TELEGRAM_API_URL": api.url, "SIMPLESESSION_DIR": str(tmp_path)}
+def test_telebot_counter_example_counts_on_a_bot_api_server_of_its_own(
+    tmp_path: Path, api: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its sessions go to its own app's folder, apart from the other examples'.
+    monkeypatch.delenv("SIMPLESESSION_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    storage = FileStorage(app_name="telebot_counter")
+    env = {**os.environ, "BOT_TOKEN": api.token, "TELEGRAM_API_URL": api.url}
     bot = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "telebot_counter.py")],
         env=env,
@@ -519,10 +525,11 @@ def test_telebot_counter_example_counts_on_a_bot_api_server_of_its_own(tmp_path:
         sent = api.wait_for_sent(2, timeout=30)
         # The reply goes out before the write-back (both under the lock): wait for the write.
         deadline = time.monotonic() + JOIN_TIMEOUT
-        while FileStorage(tmp_path).read("42") != {"count": 2} and time.monotonic() < deadline:
+        while storage.read("42") != {"count": 2} and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         bot.terminate()
         _, stderr = bot.communicate(timeout=JOIN_TIMEOUT)
     assert [message["text"] for message in sent] == ["You have sent 1 commands", "You have sent 2 commands"], stderr
-    assert FileStorage(tmp_path).read("42") == {"count": 2}
+    assert storage.read("42") == {"count": 2}
+    assert storage.directory == tmp_path / "telebot_counter" / "sessions"

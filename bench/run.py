@@ -2,13 +2,15 @@
 
     python bench/run.py                  # everything; writes bench/BENCHMARKS.md (~35 min)
     python bench/run.py --smoke          # tiny sizes, seconds; for CI
+    python bench/run.py --smoke --no-node    # the same without Node: no npm, no network
     python bench/run.py --only 'ours-*' --only floor --sizes 1000 --scale-max 100000
 
 Each configuration runs in a fresh process per size (``workloads.py``, or Node's
 ``node/session_bench.mjs`` for grammY). Stores live in a temporary folder under /tmp that
 is removed at the end. A redis-server is started on 127.0.0.1 if one is on PATH (and
 stopped at the end); Node's packages are installed into bench/node by ``npm ci`` when
-missing. Peers whose packages are not installed are skipped, and said so.
+missing (``--no-node`` skips grammY instead, and never runs node or npm). Peers whose
+packages are not installed are skipped, and said so.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _command_version(*command: str) -> str | None:
     return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else None
 
 
-def machine() -> dict[str, Any]:
+def machine(*, node: bool = True) -> dict[str, Any]:
     memory = _first_line("/proc/meminfo", "MemTotal")
     versions = {}
     for name in PYTHON_PACKAGES:
@@ -99,7 +101,7 @@ def machine() -> dict[str, Any]:
         "filesystem": _filesystem(tempfile.gettempdir()),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": versions,
-        "node": _command_version("node", "--version"),
+        "node": _command_version("node", "--version") if node else None,
         "redis_server": _command_version("redis-server", "--version"),
         "commit": _command_version("git", "-C", str(BENCH.parent), "describe", "--always", "--dirty"),
     }
@@ -389,8 +391,9 @@ def run_paired(args: argparse.Namespace, sessions: int, work_dir: str) -> dict[s
     root = os.path.join(work_dir, f"paired-{sessions}")
     ops = min(args.ops, 3000)
     spec = {"sessions": sessions, "root": root, "ops": ops}
-    # These are the figures the targets use: more runs, each in fresh folders (see paired.py).
-    spec.update(runs=max(args.runs, 5), seed=SEED)
+    # These are the figures the targets use: more runs, each in fresh folders (see paired.py);
+    # a smoke run's figures mean nothing, so it only shows that the pairs run.
+    spec.update(runs=args.runs if args.smoke else max(args.runs, 5), seed=SEED)
     log(f"paired: floor and FileStorage in the same folders, {sessions:,} sessions")
     os.sync()
     try:
@@ -417,8 +420,11 @@ def run_all(args: argparse.Namespace, work_dir: str) -> dict[str, Any]:
     configs = select(args.only)
     results: dict[str, Any] = {"configs": [], "skipped": {}, "scale": None, "profile": None}
     need_node = any(item.node_mode for item in configs)
-    node_ok, node_why = setup_node(args.npm_timeout) if need_node else (False, "not selected")
-    if need_node and not node_ok:
+    if args.no_node:
+        node_ok, node_why = False, "--no-node"
+    else:
+        node_ok, node_why = setup_node(args.npm_timeout) if need_node else (False, "not selected")
+    if need_node and not node_ok and not args.no_node:
         log(f"node: skipping grammY: {node_why}")
     need_redis = any("redis-server" in item.requires for item in configs)
     with contextlib.ExitStack() as stack:
@@ -500,6 +506,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--render", type=Path, metavar="JSON", help="only render --out from a saved --json file")
     parser.add_argument("--note", help="a sentence on the machine's state for the report (e.g. its load)")
     parser.add_argument("--redis-url", help="use this Redis server instead of starting one")
+    parser.add_argument("--no-node", action="store_true", help="skip grammY: run neither node nor npm (offline)")
     parser.add_argument("--npm-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-timeout", type=float, default=1800.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -532,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         data = {
             "command": command,
             "started": started.isoformat(timespec="seconds"),
-            "machine": machine(),
+            "machine": machine(node=not args.no_node),
             "load_before": load(),
             "settings": {
                 "sizes": args.sizes,
@@ -550,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             data.update(run_all(args, work_dir))
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        data["machine"]["node_packages"] = node_versions()
+        data["machine"]["node_packages"] = {} if args.no_node else node_versions()
         data["load_after"] = load()
         data["load_note"] = args.note or ""
         data["minutes"] = (datetime.now(timezone.utc) - started).total_seconds() / 60

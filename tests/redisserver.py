@@ -15,6 +15,7 @@ import pytest
 
 URL_VARIABLE = "SIMPLESESSION_TEST_REDIS_URL"
 START_TIMEOUT = 10.0
+INSTALL_HINT = "install redis-server (Debian, Ubuntu: apt-get install redis-server; macOS: brew install redis)"
 
 
 def free_port() -> int:
@@ -47,8 +48,8 @@ def redis_server() -> Iterator[str]:
     """The URL of a Redis server for this test session.
 
     ``$SIMPLESESSION_TEST_REDIS_URL`` if set; else a ``redis-server`` of our own on 127.0.0.1
-    (no persistence), stopped at the end. Without one the tests skip, unless ``$CI`` is set:
-    in CI a missing server is a failure.
+    (no persistence), stopped at the end. Without one the tests skip, saying how to install
+    redis-server, unless ``$CI`` is set: in CI a missing server is a failure.
     """
     url = os.environ.get(URL_VARIABLE)
     if url:
@@ -56,9 +57,12 @@ def redis_server() -> Iterator[str]:
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        why = f"no redis-server on PATH and ${URL_VARIABLE} is not set"
+        why = (
+            f"no redis-server on PATH and ${URL_VARIABLE} is not set: {INSTALL_HINT}, "
+            f"or set ${URL_VARIABLE} to a Redis server's URL"
+        )
         if os.environ.get("CI"):
-            pytest.fail(f"{why}: CI must run the Redis tests (install redis-server or set ${URL_VARIABLE})")
+            pytest.fail(f"CI must run the Redis tests, but {why}")
         pytest.skip(why)
     with tempfile.TemporaryDirectory(prefix="simplesession-redis-") as folder:
         port = free_port()

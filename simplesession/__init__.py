@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .bot import Bot
+from typing import TYPE_CHECKING, Any
+
 from .context import Context
 from .errors import (
     CorruptSessionError,
@@ -15,6 +16,9 @@ from .errors import (
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
 from .storage import FileStorage, MemoryStorage, RedisStorage, Storage, StorageStats, SweepReport, default_directory
+
+if TYPE_CHECKING:
+    from .bot import Bot
 
 __version__ = "0.1.0.dev0"
 
@@ -41,3 +45,18 @@ __all__ = [
     "multi_session",
     "session",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The runner brings the Bot API's transport (http.client, ssl, email, urllib): about a
+    # hundred modules and megabytes that a bot on FileStorage, or a telebot middleware,
+    # never uses. ``Bot`` is imported on first use instead.
+    if name == "Bot":
+        from .bot import Bot
+
+        return Bot
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

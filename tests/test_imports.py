@@ -1,0 +1,80 @@
+"""What importing simplesession costs: the Bot API's transport only for a bot that uses the runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import run_python
+
+# The transport's modules: what a bot on FileStorage, or a telebot middleware, never needs.
+NETWORK = ("http", "ssl", "_ssl", "email", "urllib.request")
+RUNNER = ("simplesession.bot", "simplesession.botapi")
+
+
+def loaded_by(code: str, *, after: str = "") -> list[str]:
+    """The modules that ``code`` loads, in a fresh interpreter, beyond those ``after`` loaded."""
+    done = run_python(
+        f"""
+        import json, sys
+        {after}
+        before = set(sys.modules)
+        {code}
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def among(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == name or m.startswith(name + ".") for name in names)]
+
+
+def test_a_bot_on_file_storage_loads_no_http_or_ssl_module(tmp_path: Path) -> None:
+    modules = loaded_by(
+        f"""
+        import simplesession
+        from simplesession import Context, FileStorage, session
+        middleware = session(initial=lambda: {{"count": 0}}, storage=FileStorage({str(tmp_path)!r}))
+        ctx = Context({{"message": {{"chat": {{"id": 1}}, "text": "/count"}}}})
+        def count():
+            ctx.session["count"] += 1
+        middleware(ctx, count)
+        assert FileStorage({str(tmp_path)!r}).read("1") == {{"count": 1}}
+        """
+    )
+    assert "simplesession.storage.file" in modules
+    assert among(modules, NETWORK + RUNNER) == []
+
+
+def test_a_telebot_middleware_loads_none_of_the_runner_beyond_what_telebot_loads() -> None:
+    modules = loaded_by(
+        """
+        import simplesession, simplesession.contrib.telebot
+        simplesession.contrib.telebot.SessionMiddleware(initial=dict)
+        """,
+        after="import telebot",
+    )
+    assert "simplesession.contrib.telebot" in modules
+    assert among(modules, NETWORK + RUNNER) == []
+
+
+def test_bot_is_imported_on_first_use_and_stays_the_one_class() -> None:
+    done = run_python(
+        """
+        import sys
+        import simplesession
+        assert "simplesession.bot" not in sys.modules
+        assert "Bot" in dir(simplesession) and "Bot" in simplesession.__all__
+        from simplesession import Bot
+        from simplesession.bot import Bot as RunnerBot
+        assert Bot is RunnerBot is simplesession.Bot
+        try:
+            simplesession.Bott
+        except AttributeError as error:
+            print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "module 'simplesession' has no attribute 'Bott'"

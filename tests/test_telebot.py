@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from fakebotapi import FakeBotAPI
 from helpers import run_python
 from telebot import TeleBot, apihelper
+from telebot.async_telebot import AsyncTeleBot
 from telebot.handler_backends import BaseMiddleware, CancelUpdate, SkipHandler
 from telebot.types import CallbackQuery, InlineQuery, Message, Update
 
@@ -483,6 +485,47 @@ def test_an_update_with_no_chat_has_no_session(lazy: bool) -> None:
     assert len(errors) == 1
     assert "belongs to no chat" in errors[0]
     assert storage.events == []
+
+
+# -- AsyncTeleBot: refused, saying what works ------------------------------------------------
+
+
+def test_setting_up_on_an_async_telebot_is_refused_at_once_saying_what_works() -> None:
+    bot = AsyncTeleBot(TOKEN)
+    with pytest.raises(TypeError, match=r"AsyncTeleBot") as refused:
+        bot.setup_middleware(SessionMiddleware(initial=lambda: {"count": 0}))  # type: ignore[arg-type]  # on purpose
+    assert "telebot.TeleBot(token, use_class_middlewares=True)" in str(refused.value)
+    assert bot.middlewares == []
+
+
+def test_an_async_telebot_given_it_anyway_refuses_every_update_before_any_lock() -> None:
+    storage = SpyStorage()
+    bot = AsyncTeleBot(TOKEN)
+    bot.middlewares.append(SessionMiddleware(initial=lambda: {"count": 0}, storage=storage))  # past setup_middleware
+
+    @bot.message_handler(commands=["count"])
+    async def count(message: Message, session: Any) -> None:
+        session["count"] += 1
+
+    for update_id in (1, 2):
+        with pytest.raises(TypeError, match=r"use_class_middlewares=True"):
+            asyncio.run(bot.process_new_updates([text_update(update_id=update_id)]))
+    assert storage.events == []
+
+
+def test_a_session_middleware_awaited_by_a_coroutine_refuses_before_any_lock() -> None:
+    # Any async dispatcher, not only AsyncTeleBot's: the caller is a coroutine.
+    storage = SpyStorage()
+    pre_process = cast(Any, SessionMiddleware(storage=storage)).pre_process_message
+    message = text_update().message
+
+    async def dispatch() -> None:
+        await pre_process(message, {})
+
+    with pytest.raises(TypeError, match=r"AsyncTeleBot"):
+        asyncio.run(dispatch())
+    assert storage.events == []
+    assert lock_is_free(storage, "42")
 
 
 # -- packaging and the example -------------------------------------------------------------

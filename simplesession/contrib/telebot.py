@@ -14,6 +14,7 @@ makes sure every update ends, even on the paths where telebot skips ``post_proce
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -60,6 +61,15 @@ UPDATE_TYPES = (
 # telebot names one kind differently from its field in the Bot API's Update.
 _API_FIELDS = {"chosen_inline_query": "chosen_inline_result"}
 
+# AsyncTeleBot's module, which awaits what a middleware's pre_process returns.
+_ASYNC_TELEBOT = "telebot.async_telebot"
+_ASYNC_REFUSED = (
+    "SessionMiddleware is for the blocking TeleBot: AsyncTeleBot awaits its middlewares, and "
+    "simplesession has no async telebot middleware yet. Use telebot.TeleBot(token, "
+    "use_class_middlewares=True) with bot.setup_middleware(SessionMiddleware(...)): its handlers "
+    "run in worker threads (or simplesession.Bot, the library's own runner)"
+)
+
 TelebotKeyFunction = Callable[[Any], "str | None"]
 """``get_session_key`` here: the telebot object (a ``Message``, a ``CallbackQuery``, ...) to a key."""
 
@@ -81,6 +91,9 @@ class SessionMiddleware(BaseMiddleware):
     worker thread that handles the update) and written back there only if it changed and
     the handler did not raise. ``update_types`` may be narrowed to a subset of
     :data:`UPDATE_TYPES`.
+
+    ``AsyncTeleBot`` is refused when it sets the middleware up: it would await each
+    ``pre_process``, which here is a blocking call, and every update would fail.
     """
 
     update_sensitive = True  # telebot then passes the update's kind, which the core's Context needs
@@ -108,6 +121,20 @@ class SessionMiddleware(BaseMiddleware):
         middleware._setup(multi_session(sweep_interval=sweep_interval, **adapted), lazy=False)
         return middleware
 
+    @property
+    def update_types(self) -> list[str]:
+        """The update kinds that get a session (telebot's names): :data:`UPDATE_TYPES`, or fewer."""
+        # The middleware never sees the bot it is given to; but AsyncTeleBot reads this
+        # from its own module, at setup_middleware (hasattr) and for every update, before
+        # any pre_process: refusing there takes no lock and loses no update.
+        if sys._getframe(1).f_globals.get("__name__") == _ASYNC_TELEBOT:
+            raise TypeError(_ASYNC_REFUSED)
+        return self._update_types
+
+    @update_types.setter
+    def update_types(self, kinds: list[str]) -> None:
+        self._update_types = kinds
+
     def _setup(self, core: _Core, *, lazy: bool) -> None:
         self._core = core
         self.update_types = list(UPDATE_TYPES)
@@ -117,6 +144,10 @@ class SessionMiddleware(BaseMiddleware):
 
     def _pre(self, kind: str, obj: Any, data: dict[str, Any]) -> None:
         dispatcher = sys._getframe(1)
+        if dispatcher.f_code.co_flags & inspect.CO_COROUTINE:
+            # Called from a coroutine, which will await the None this returns: whatever
+            # async dispatcher this is, refuse before the session's lock is taken.
+            raise TypeError(_ASYNC_REFUSED)
         self._reap(dispatcher)
         if _SESSION in data:
             raise TypeError(

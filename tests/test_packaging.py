@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What building or running leaves in a tree, which is not the project's.
 _MADE = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", "node_modules", "build", "dist"}
+_MADE |= {".git", ".venv", "venv", ".tox", ".nox", ".eggs"}
 _MADE_BY_SDIST = {"PKG-INFO", "setup.cfg"}  # at the top of an unpacked sdist
 
 

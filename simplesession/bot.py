@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import re
 import signal
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO, TypeVar
 
-from .botapi import TOKEN_REFUSED, BotAPI, CallFailed
+from .botapi import TOKEN_REFUSED, BotAPI, CallFailed, UpdateFeed
 from .context import Context
 from .errors import SessionError
 
@@ -31,8 +32,11 @@ _H = TypeVar("_H", bound=Handler)
 _M = TypeVar("_M", bound=Middleware)
 
 _COMMAND_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
-# The last acknowledging call asks for no waiting, so it need not wait long for an answer.
+# Deadlines of whole Bot API calls. A poll may take poll_timeout, plus this for the
+# network; the last acknowledging call and call_api ask for no waiting.
+_POLL_MARGIN = 10.0
 _ACK_TIMEOUT = 10.0
+_CALL_TIMEOUT = 30.0
 
 
 class Bot:
@@ -45,6 +49,8 @@ class Bot:
         bounds how long :meth:`start` takes to return after :meth:`stop`.
     :param retry_delay: first wait after a failed poll; it doubles on each failure in a
         row, up to ``max_retry_delay``.
+    :param max_server_wait: the longest wait a server's ``retry_after`` gets; a shorter
+        one than the current back-off delay gets that delay.
     :param console_chat_id: the chat (and user) id of console messages.
     :param input: where console lines come from (default ``sys.stdin``).
     :param output: where console replies go (default ``sys.stdout``).
@@ -58,27 +64,43 @@ class Bot:
         poll_timeout: float = 30,
         retry_delay: float = 1.0,
         max_retry_delay: float = 30.0,
+        max_server_wait: float = 300.0,
         console_chat_id: int = 1,
         input: TextIO | None = None,
         output: TextIO | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or any(c.isspace() or c == "/" for c in token)):
             raise ValueError("token must be a bot token from @BotFather, such as '123456:ABC-DEF1234ghIkl'")
+        for name, value in [
+            ("poll_timeout", poll_timeout),
+            ("retry_delay", retry_delay),
+            ("max_retry_delay", max_retry_delay),
+            ("max_server_wait", max_server_wait),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
         if poll_timeout < 0:
             raise ValueError(f"poll_timeout must be >= 0 seconds, not {poll_timeout!r}")
-        if not 0 < retry_delay <= max_retry_delay:
-            raise ValueError(f"need 0 < retry_delay <= max_retry_delay, not {retry_delay!r} and {max_retry_delay!r}")
+        if not 0 < retry_delay <= max_retry_delay <= max_server_wait:
+            raise ValueError(
+                "need 0 < retry_delay <= max_retry_delay <= max_server_wait, not "
+                f"{retry_delay!r}, {max_retry_delay!r} and {max_server_wait!r}"
+            )
         self.token = token or None
         self.api_url = api_url.rstrip("/")
         self.poll_timeout = poll_timeout
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        self.max_server_wait = max_server_wait
         self.console_chat_id = console_chat_id
         self._input = input
         self._output = output
         self._middlewares: list[Middleware] = []
         self._handlers: list[tuple[Callable[[Context], bool], Handler]] = []
         self._stop = threading.Event()
+        # Kept from one start() to the next, so that no update is handled twice even when
+        # the last acknowledgement was lost; a new one for another token or server.
+        self._feed: tuple[tuple[str, str], UpdateFeed] | None = None
         self._running = threading.Lock()
         # Only touched in the main thread (by start() and the SIGINT handler it installs).
         self._busy = False
@@ -208,7 +230,7 @@ class Bot:
             raise SessionError(f"cannot call {method}: this bot has no token, so it only talks on the console")
         api = self._api()
         try:
-            return api.call(method, params, self.poll_timeout + 10)
+            return api.call(method, params, _CALL_TIMEOUT)
         except CallFailed as error:
             # Only 401: a 404 here may as well be a misspelt method.
             if error.code == 401:
@@ -252,27 +274,41 @@ class Bot:
 
     def _run_polling(self) -> None:
         _log.info("polling %s for updates", self.api_url)
-        offset = acknowledged = 0
+        feed = self._update_feed()
+        acknowledged = feed.offset
         delay = self.retry_delay
         try:
             while not self._stop.is_set():
+                asked, asked_at = feed.offset, time.monotonic()
                 try:
-                    updates = self._get_updates(offset)
+                    updates = feed.fresh(self._get_updates(asked))
                 except CallFailed as error:
                     if error.code in TOKEN_REFUSED:
                         raise self._api().token_refused(error) from None
-                    wait = delay if error.retry_after is None else error.retry_after
-                    _log.warning("getUpdates failed (%s); retrying in %g s", error, wait)
-                    self._stop.wait(wait)
+                    self._stop.wait(self._wait_after(error, delay))
                     delay = min(delay * 2, self.max_retry_delay)
                     continue
-                acknowledged, delay = offset, self.retry_delay
+                acknowledged = asked
+                took = time.monotonic() - asked_at
+                if not updates and took < self.poll_timeout / 2:
+                    # Nothing new, long before the timeout: a server that does not hold
+                    # polls open, or serves old updates again. Back off rather than spin.
+                    _log.warning(
+                        "getUpdates brought nothing new after %.2g s of the %g s it may wait; polling again in %g s",
+                        took,
+                        self.poll_timeout,
+                        delay,
+                    )
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.max_retry_delay)
+                    continue
+                delay = self.retry_delay
                 self._busy = True
                 try:
                     for update in updates:
-                        # Set before handling: an update whose handler fails is acknowledged
+                        # Taken before handling: an update whose handler fails is acknowledged
                         # too, or a poisoned update would come back forever.
-                        offset = update["update_id"] + 1
+                        feed.take(update)
                         self._handle_logged(update)
                         if self._stop.is_set():
                             break
@@ -282,25 +318,48 @@ class Bot:
             _log.info("interrupted (Ctrl-C): stopping")
         else:
             self._log_interrupted()
-        if offset != acknowledged:
+        if feed.offset != acknowledged:
             # The server forgets updates only when asked for later ones; ask once more so
             # that a restart does not handle these again.
             try:
-                self._api().call("getUpdates", {"offset": offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
+                self._api().call("getUpdates", {"offset": feed.offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
             except CallFailed as error:
                 _log.warning("could not acknowledge the handled updates (%s); they may come again", error)
         _log.info("stopped polling")
 
-    def _get_updates(self, offset: int) -> list[dict[str, Any]]:
+    def _update_feed(self) -> UpdateFeed:
+        source = (self.token or "", self.api_url)
+        if self._feed is None or self._feed[0] != source:
+            self._feed = (source, UpdateFeed())
+        return self._feed[1]
+
+    def _get_updates(self, offset: int) -> Any:
         timeout = self.poll_timeout
         # The Bot API takes whole seconds; send 30, not 30.0.
         wire_timeout = int(timeout) if float(timeout).is_integer() else timeout
-        result = self._api().call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + 10)
-        if not isinstance(result, list) or not all(
-            isinstance(update, dict) and isinstance(update.get("update_id"), int) for update in result
-        ):
-            raise CallFailed("the answer is not a list of updates")
-        return result
+        return self._api().call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + _POLL_MARGIN)
+
+    def _wait_after(self, error: CallFailed, delay: float) -> float:
+        """How long to wait after a failed poll: the back-off ``delay``, or what the server
+        asked for, kept between ``delay`` and ``max_server_wait``."""
+        asked = error.retry_after
+        if asked is None:
+            _log.warning("getUpdates failed (%s); retrying in %g s", error, delay)
+            return delay
+        # NaN compares false to everything: it gets the back-off delay.
+        wait = min(asked, self.max_server_wait) if asked >= delay else delay
+        if wait == asked:
+            _log.warning("getUpdates failed (%s); retrying in %g s", error, wait)
+        else:
+            _log.warning(
+                "getUpdates failed (%s); retrying in %g s, not the %g s the server asked for: "
+                "waits are kept between the back-off delay and max_server_wait (%g s)",
+                error,
+                wait,
+                asked,
+                self.max_server_wait,
+            )
+        return wait
 
     def _run_console(self) -> None:
         source = self._input or sys.stdin

@@ -5,25 +5,47 @@ from __future__ import annotations
 import copy
 import http
 import json
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["FakeBotAPI"]
+__all__ = ["FakeBotAPI", "Reply"]
 
 # However long a client asks getUpdates to wait, a test never waits longer than this.
 MAX_POLL_WAIT = 5.0
 BOT_USER = {"id": 999, "is_bot": True, "first_name": "Fake", "username": "FakeBot"}
 
-# Queued "failures" that are no HTTP status: close the connection without an answer, or
-# answer 200 with a body that is not JSON.
-_DROP = -1
-_GARBLE = -2
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer as it goes on the wire, honest or not.
+
+    ``body`` ``None`` closes the connection without an answer. ``trickle`` sends the body
+    (with ``trickle_headers``, the status line and headers too) one byte per ``trickle``
+    seconds. ``content_length`` is the length announced (default: the true one);
+    ``chunked`` sends the body in chunks with no length.
+    """
+
+    status: int = 200
+    body: bytes | None = b""
+    trickle: float = 0.0
+    trickle_headers: bool = False
+    content_length: int | None = None
+    chunked: bool = False
+
+    @classmethod
+    def of(cls, answer: dict[str, Any] | str | bytes, status: int = 200, **options: Any) -> Reply:
+        """A reply with ``answer`` as its body: a dict as JSON (``NaN`` and ``Infinity`` allowed)."""
+        if isinstance(answer, dict):
+            answer = json.dumps(answer)
+        return cls(status, answer.encode() if isinstance(answer, str) else answer, **options)
 
 
 class FakeBotAPI:
@@ -34,21 +56,36 @@ class FakeBotAPI:
     :attr:`sent`. ``getUpdates`` has the real semantics: updates below the offset a
     client sends are forgotten for good, and with none pending it waits up to its
     ``timeout`` for one.
+
+    It can also lie, as a hostile or broken server would: :attr:`newest_first` serves each
+    batch in reverse, :attr:`repeat` serves each update that many times in a batch,
+    :attr:`replay` ignores offsets (everything ever pushed comes again), and
+    :meth:`answer_next` scripts the next answers byte for byte.
     """
 
-    def __init__(self, token: str = "123456:fake-TOKEN") -> None:
+    def __init__(self, token: str = "123456:fake-TOKEN", *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve HTTPS with this server context (the client must trust its certificate)."""
         self.token = token
+        self.scheme = "https" if tls else "http"
         self.sent: list[dict[str, Any]] = []
         self.calls: list[str] = []
         self.acknowledged_offset = 0
+        # (time.monotonic(), offset) of each getUpdates call.
+        self.polls: list[tuple[float, int]] = []
+        self.newest_first = False
+        self.repeat = 1
+        self.replay = False
+        self.next_update_id = 1
         self._pending: list[dict[str, Any]] = []
-        self._next_update_id = 1
         self._next_message_id = 1
-        self._failures: deque[int] = deque()
+        self._script: deque[Reply] = deque()
         self._changed = threading.Condition()
         self._closed = False
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
+        if tls is not None:
+            # The handshake happens in each request's thread, on its first read.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeBotAPI", daemon=True
         )
@@ -56,7 +93,7 @@ class FakeBotAPI:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     def __enter__(self) -> FakeBotAPI:
         self._thread.start()
@@ -84,8 +121,8 @@ class FakeBotAPI:
     ) -> dict[str, Any]:
         """Queue an update: a dict (its ``update_id`` is assigned), or a text message to ``chat_id``."""
         with self._changed:
-            update_id = self._next_update_id
-            self._next_update_id += 1
+            update_id = self.next_update_id
+            self.next_update_id += 1
             if isinstance(update_or_text, str):
                 sender = {"id": chat_id if user_id is None else user_id, "is_bot": False, "first_name": "Tester"}
                 update: dict[str, Any] = {
@@ -109,18 +146,33 @@ class FakeBotAPI:
 
         A 429 asks the client to retry after 0.2 s, in the Bot API's ``parameters``.
         """
-        with self._changed:
-            self._failures.extend([status] * times)
+        answer: dict[str, Any] = {"ok": False, "error_code": status, "description": http.HTTPStatus(status).phrase}
+        if status == 429:
+            answer["description"] = "Too Many Requests: retry after 0.2"
+            answer["parameters"] = {"retry_after": 0.2}
+        self.answer_next(answer, status=status, times=times)
 
     def drop_next(self, times: int = 1) -> None:
         """Close the connection of the next ``times`` ``getUpdates`` calls without answering."""
-        with self._changed:
-            self._failures.extend([_DROP] * times)
+        self.reply_next(Reply(body=None), times)
 
     def garble_next(self, times: int = 1) -> None:
         """Answer the next ``times`` ``getUpdates`` calls with 200 and a body that is not JSON."""
+        self.answer_next("<html>502 Bad Gateway</html>", times=times)
+
+    def answer_next(
+        self, answer: dict[str, Any] | str | bytes, status: int = 200, times: int = 1, **options: Any
+    ) -> None:
+        """Answer the next ``times`` ``getUpdates`` calls with ``answer``, whatever is pending.
+
+        ``options`` are those of :class:`Reply`, such as ``trickle=0.05``.
+        """
+        self.reply_next(Reply.of(answer, status, **options), times)
+
+    def reply_next(self, reply: Reply, times: int = 1) -> None:
+        """Send ``reply`` to the next ``times`` ``getUpdates`` calls."""
         with self._changed:
-            self._failures.extend([_GARBLE] * times)
+            self._script.extend([reply] * times)
 
     def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``n`` messages were sent; return them all. Fails after ``timeout``."""
@@ -136,38 +188,32 @@ class FakeBotAPI:
 
     # -- serving -----------------------------------------------------------------------
 
-    def _answer(self, token: str, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any] | str] | None:
-        """The status and JSON answer to one call, or ``None`` to drop the connection."""
+    def _answer(self, token: str, method: str, params: dict[str, Any]) -> Reply:
+        """The reply to one call."""
         with self._changed:
             self.calls.append(method)
             self._changed.notify_all()
         if token != self.token:
-            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+            return Reply.of({"ok": False, "error_code": 401, "description": "Unauthorized"}, 401)
         if method == "getMe":
-            return 200, {"ok": True, "result": BOT_USER}
+            return Reply.of({"ok": True, "result": BOT_USER})
         if method == "getUpdates":
             return self._get_updates(params)
         if method == "sendMessage":
-            return self._send_message(params)
-        return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+            status, answer = self._send_message(params)
+            return Reply.of(answer, status)
+        return Reply.of({"ok": False, "error_code": 404, "description": "Not Found"}, 404)
 
-    def _get_updates(self, params: dict[str, Any]) -> tuple[int, dict[str, Any] | str] | None:
+    def _get_updates(self, params: dict[str, Any]) -> Reply:
         with self._changed:
-            if self._failures:
-                status = self._failures.popleft()
-                if status == _DROP:
-                    return None
-                if status == _GARBLE:
-                    return 200, "<html>502 Bad Gateway</html>"
-                answer: dict[str, Any] = {"ok": False, "error_code": status}
-                answer["description"] = http.HTTPStatus(status).phrase
-                if status == 429:
-                    answer["description"] = "Too Many Requests: retry after 0.2"
-                    answer["parameters"] = {"retry_after": 0.2}
-                return status, answer
             offset = int(params.get("offset", 0))
+            self.polls.append((time.monotonic(), offset))
+            self._changed.notify_all()
+            if self._script:
+                return self._script.popleft()
             if offset > 0:
-                self._pending = [u for u in self._pending if u["update_id"] >= offset]
+                if not self.replay:
+                    self._pending = [u for u in self._pending if u["update_id"] >= offset]
                 self.acknowledged_offset = max(self.acknowledged_offset, offset)
                 self._changed.notify_all()
             deadline = time.monotonic() + min(float(params.get("timeout", 0)), MAX_POLL_WAIT)
@@ -177,7 +223,10 @@ class FakeBotAPI:
                     break
                 self._changed.wait(remaining)
             limit = int(params.get("limit", 100))
-            return 200, {"ok": True, "result": copy.deepcopy(self._pending[:limit])}
+            batch = [update for update in self._pending[:limit] for _ in range(self.repeat)]
+            if self.newest_first:
+                batch.reverse()
+            return Reply.of({"ok": True, "result": batch})
 
     def _send_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if "chat_id" not in params or not params.get("text"):
@@ -232,22 +281,45 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) != 2 or not parts[0].startswith("bot"):
             self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
             return
-        answer = self.server.fake._answer(parts[0].removeprefix("bot"), parts[1], params)
-        if answer is None:
+        self._send(self.server.fake._answer(parts[0].removeprefix("bot"), parts[1], params))
+
+    def _reply(self, status: int, answer: dict[str, Any]) -> None:
+        self._send(Reply.of(answer, status))
+
+    def _send(self, reply: Reply) -> None:
+        if reply.body is None:
             self.close_connection = True
             return
-        self._reply(*answer)
-
-    def _reply(self, status: int, answer: dict[str, Any] | str) -> None:
-        body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+        body = reply.body
+        if reply.chunked:
+            body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in _parts(body, 65536)) + b"0\r\n\r\n"
+        length = len(reply.body) if reply.content_length is None else reply.content_length
+        framing = "Transfer-Encoding: chunked" if reply.chunked else f"Content-Length: {length}"
+        phrase = http.HTTPStatus(reply.status).phrase if reply.status in set(http.HTTPStatus) else "Whatever"
+        head = (
+            f"HTTP/1.1 {reply.status} {phrase}\r\nContent-Type: application/json\r\n{framing}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        self.close_connection = True
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if reply.trickle_headers:
+                body = head + body
+            else:
+                self.wfile.write(head)
+            if not reply.trickle:
+                self.wfile.write(body)
+                return
+            for byte in _parts(body, 1):
+                if self.server.fake._closed:
+                    return
+                self.wfile.write(byte)
+                time.sleep(reply.trickle)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a bot process that was stopped): nobody to answer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean
+
+
+def _parts(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]

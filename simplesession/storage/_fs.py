@@ -127,15 +127,16 @@ class Folder:
 
     A folder with no ``parent`` is a store's own folder, reached through its path; one with
     a parent is the entry ``name`` of it. Its descriptor is opened at the first call and
-    kept; a call that finds no entry first checks that the descriptor is still of the
-    folder at that place (one deleted and made again, say), and if not, takes that one.
-    A folder that is missing raises ``FileNotFoundError`` until :meth:`make` makes it.
+    kept (past :data:`KEPT_FOLDERS`, opened for each call); a call that finds no entry first
+    checks that the descriptor is still of the folder at that place (one deleted and made
+    again, say), and if not, takes that one. A folder that is missing raises
+    ``FileNotFoundError`` until :meth:`make` makes it.
 
     :ivar path: where it is.
     :param trust: skip the check of who owns it and who may write to it.
     """
 
-    __slots__ = ("_fd", "_held", "_name", "_parent", "_prefix", "_trust", "path")
+    __slots__ = ("_fd", "_name", "_parent", "_prefix", "_trust", "path")
 
     def __init__(self, path: str, parent: Folder | None = None, *, trust: bool = False) -> None:
         self.path = path
@@ -144,7 +145,6 @@ class Folder:
         self._name = os.path.basename(path)
         self._trust = trust
         self._fd = -1  # the kept descriptor; it keeps its number once opened
-        self._held = False
 
     def __repr__(self) -> str:
         return f"Folder({self.path!r})"
@@ -633,9 +633,11 @@ class Store:
     that hold the sessions, :data:`LOCK_DIR` and :data:`CORRUPT_DIR`.
 
     :param trust: use folders that another user could change (see :class:`Folder`).
+    :ivar places: what :meth:`locate` worked out, by key: look a key up here first, as a
+        call costs more than the lookup.
     """
 
-    __slots__ = ("_places", "corrupt", "lock_files", "locks", "shards", "top")
+    __slots__ = ("corrupt", "lock_files", "locks", "places", "shards", "top")
 
     _MAX_PLACES = 8192
 
@@ -645,15 +647,15 @@ class Store:
         self.locks = Folder(f"{directory}{os.sep}{LOCK_DIR}", self.top, trust=trust)
         self.corrupt = Folder(f"{directory}{os.sep}{CORRUPT_DIR}", self.top, trust=trust)
         self.lock_files = [f"{self.locks.path}{os.sep}{i:03x}.lock" for i in range(LOCK_STRIPES)]
-        self._places: dict[str, tuple[Folder, str, str]] = {}
+        self.places: dict[str, tuple[Folder, str, str]] = {}
 
     def locate(self, key: str) -> tuple[Folder, str, str]:
         """The shard folder, file name and lock file of ``key`` (a valid key): worked out once per hot key."""
-        place = self._places.get(key)
+        place = self.places.get(key)
         if place is None:
             shard, name, crc = place_key(key)
             place = (self.shards[shard], name, self.lock_files[stripe_of(crc)])
-            if len(self._places) >= self._MAX_PLACES:
-                self._places.clear()
-            self._places[key] = place
+            if len(self.places) >= self._MAX_PLACES:
+                self.places.clear()
+            self.places[key] = place
         return place

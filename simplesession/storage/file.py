@@ -109,7 +109,7 @@ class FileStorage(Storage):
         store = self._folders = Store(self._dir, trust=self.trust_folder)
         self._corrupt_dir = store.corrupt
         self._lock_dir = store.locks
-        self._places = store._places  # looked up on every call, without a call
+        self._places = store.places  # looked up on every call, without a call
         self._locate_new = store.locate
         # No reference back to the storage: it is let go (and its folders closed) at once.
         make_lock_dir = functools.partial(_make, store.locks, fsync=self.fsync)

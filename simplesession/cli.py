@@ -381,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--redis", metavar="URL", help="the sessions on a Redis server, e.g. redis://localhost:6379/0")
     parser.add_argument(
+        "--trust-folder",
+        action="store_true",
+        help="use the sessions folder even if another user owns it or may write to it "
+        "(by default such a folder is refused, as that user could forge sessions)",
+    )
+    parser.add_argument(
         "--prefix",
         metavar="PREFIX",
         help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:)",
@@ -437,7 +443,8 @@ def _storage(args: argparse.Namespace) -> Storage:
             raise CliError(str(error)) from None
     # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
     directory = Path(args.dir).expanduser() if args.dir is not None else default_directory(args.app or "simplesession")
-    return FileStorage(directory, cache_size=0)  # every command reads each session once at most
+    # Every command reads each session once at most: no cache.
+    return FileStorage(directory, cache_size=0, trust_folder=args.trust_folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.prefix is not None and args.redis is None:
             parser.error("argument --prefix: only with --redis")
+        if args.trust_folder and args.redis is not None:
+            parser.error("argument --trust-folder: only with a folder (--dir or --app)")
         if args.command == "import" and args.ttl is not None and args.redis is None:
             # A file's idle clock is its modification time, which the import sets to now.
             parser.error("argument --ttl: only with --redis (imported files count as used now; sweep --ttl ages them)")

@@ -21,6 +21,14 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
     )
 
 
+def full_path(path: Any, dir_fd: int | None = None) -> str:
+    """The path that a call of ``os`` names: ``path``, relative to the folder open as ``dir_fd`` if any."""
+    name = str(os.fspath(path))
+    if dir_fd is None:
+        return name
+    return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+
+
 def start_python(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],

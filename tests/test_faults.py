@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from helpers import full_path
 
 from simplesession import Bot, Context, FileStorage, LockTimeout, SessionError, StorageError, session
 from simplesession.storage.file import TEMP_PREFIX
@@ -61,6 +62,8 @@ class Faults:
         "utime": 0,
     }
     FD_ARGUMENT: ClassVar[dict[str, int]] = {"write": 0, "fsync": 0}
+    # The keyword that names the folder a relative path is in, where the call has one.
+    DIR_FD_KEYWORD: ClassVar[dict[str, str]] = {"replace": "src_dir_fd", "rename": "src_dir_fd"}
 
     def __init__(self, root: Path) -> None:
         self._root = str(root)
@@ -75,7 +78,7 @@ class Faults:
         real = getattr(os, name)
 
         def faulty(*args: Any, **kwargs: Any) -> Any:
-            target = self._target(name, args)
+            target = self._target(name, args, kwargs)
             inside = target is not None and (target == self._root or target.startswith(self._root + os.sep))
             wanted = not flags or (len(args) > 1 and args[1] & flags)
             if inside and wanted and target is not None and when(target):
@@ -92,7 +95,7 @@ class Faults:
             name, real = self._saved.pop()
             setattr(os, name, real)
 
-    def _target(self, name: str, args: tuple[Any, ...]) -> str | None:
+    def _target(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         if name in self.FD_ARGUMENT:
             fd = args[self.FD_ARGUMENT[name]]
             try:
@@ -100,7 +103,9 @@ class Faults:
             except OSError:
                 return None
         target = args[self.PATH_ARGUMENT[name]]
-        return None if isinstance(target, int) else os.fspath(target)
+        if isinstance(target, int):
+            return None
+        return full_path(target, kwargs.get(self.DIR_FD_KEYWORD.get(name, "dir_fd")))
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ import stat
 import tracemalloc
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import full_path
 
 from simplesession import CorruptSessionError, FileStorage, StorageError, default_directory
 from simplesession.storage import _fs as fs_module
@@ -167,10 +169,10 @@ class OpenCounter:
         self.reads = 0
         real_open = os.open
 
-        def counting_open(path: str, flags: int, *args: int) -> int:
+        def counting_open(path: str, flags: int, *args: int, **kwargs: Any) -> int:
             if flags & (os.O_WRONLY | os.O_RDWR) == 0 and str(path).endswith(".json"):
                 self.reads += 1
-            return real_open(path, flags, *args)
+            return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(os, "open", counting_open)
 
@@ -345,10 +347,10 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path, monkeypatch: pytest.Monk
     target = str(storage.path("k"))
     real_open = os.open
 
-    def denying_open(path: str, flags: int, *args: int) -> int:
-        if str(path) == target:
+    def denying_open(path: str, flags: int, *args: int, **kwargs: Any) -> int:
+        if full_path(path, kwargs.get("dir_fd")) == target:
             raise PermissionError(errno.EACCES, "Permission denied", path)
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     fresh = FileStorage(tmp_path)
     monkeypatch.setattr(os, "open", denying_open)
@@ -376,7 +378,7 @@ def test_corrupt_file_that_cannot_be_moved_raises_corrupt_session_error(
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage")
 
-    def failing_rename(src: str, dst: str) -> None:
+    def failing_rename(src: str, dst: str, **kwargs: Any) -> None:
         raise OSError(errno.EROFS, "Read-only file system", src)
 
     monkeypatch.setattr(os, "rename", failing_rename)
@@ -540,10 +542,10 @@ def test_a_session_file_of_another_user_is_still_read(tmp_path: Path, monkeypatc
     storage.write("k", {"v": 1})
     real_open = os.open
 
-    def open_as_not_the_owner(path: str, flags: int, *args: int) -> int:
+    def open_as_not_the_owner(path: str, flags: int, *args: int, **kwargs: Any) -> int:
         if flags & os.O_NOATIME:  # the kernel's answer to anyone but the file's owner
             raise PermissionError(errno.EPERM, "Operation not permitted", path)
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_as_not_the_owner)
     assert storage.read("k") == {"v": 1}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from pathlib import Path
 
 import pytest
 
-from simplesession.storage._fs import LOCK_DIR, TEMP_PREFIX, Folder, TooLarge, locate, shard_folder
+from simplesession.storage._fs import LOCK_DIR, TEMP_PREFIX, Folder, Store, TooLarge
 
 
 def test_a_read_returns_the_bytes_and_a_stamp_that_a_replace_changes(tmp_path: Path) -> None:
@@ -20,7 +19,7 @@ def test_a_read_returns_the_bytes_and_a_stamp_that_a_replace_changes(tmp_path: P
     second = folder.replace("k.json", b"two", False)
     assert second != first
     assert folder.read("k.json") == (second, b"two")
-    assert [entry.name for entry in folder.scan()] == ["k.json"]  # no temporary file left
+    assert folder.names() == ["k.json"]  # no temporary file left
     assert stat.S_IMODE(os.stat(tmp_path / "k.json").st_mode) == 0o600
 
 
@@ -45,40 +44,45 @@ def test_a_read_with_a_limit_refuses_a_bigger_file_without_reading_it(
     assert reads == []
 
 
-def test_a_read_with_a_limit_stops_at_it_when_the_file_grows_while_read(tmp_path: Path) -> None:
-    # A FIFO stands for a file that grows without end: its size says 0.
-    os.mkfifo(tmp_path / "fifo")
-    stop = threading.Event()
+def test_a_read_with_a_limit_stops_at_it_when_the_file_grows_while_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file that grew since its size was taken: the size says 0, yet it holds 1 MB.
+    (tmp_path / "growing").write_bytes(b"y" * 1_000_000)
+    real_fstat = os.fstat
 
-    def writer() -> None:
-        try:
-            with open(tmp_path / "fifo", "wb", buffering=0) as pipe:
-                while not stop.is_set():
-                    pipe.write(b"y" * 4096)
-        except BrokenPipeError:
-            pass  # the reader stopped, as it should
+    def size_taken_before_it_grew(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st
+        fields = list(st)
+        fields[stat.ST_SIZE] = 0
+        return os.stat_result(fields)
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(TooLarge):
-            Folder(str(tmp_path)).read("fifo", 100_000)
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
+    reads: list[int] = []
+    real_read = os.read
+
+    def spy_read(fd: int, size: int) -> bytes:
+        reads.append(size)
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "fstat", size_taken_before_it_grew)
+    monkeypatch.setattr(os, "read", spy_read)
+    with pytest.raises(TooLarge):
+        Folder(str(tmp_path)).read("growing", 100_000)
+    assert sum(reads) <= 100_000 + (1 << 16) + 1  # it stopped at the limit
 
 
 def test_make_creates_the_missing_folders_private_inside_the_store(tmp_path: Path) -> None:
     old = os.umask(0)  # whatever the umask, the store's folders are 0700
     try:
         store = tmp_path / "outside" / "store"
-        Folder(str(store / "ab")).make(str(store), fsync=True)
+        Store(str(store)).shards["ab"].make(fsync=True)
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(store / "ab").st_mode) == 0o700
-    Folder(str(store / "ab")).sync()
+    Store(str(store)).shards["ab"].sync()
 
 
 def test_replace_into_a_missing_folder_raises_file_not_found_and_leaves_nothing(tmp_path: Path) -> None:
@@ -97,9 +101,10 @@ def test_a_leftover_temporary_name_of_this_process_is_stepped_over(tmp_path: Pat
 
 
 def test_locate_gives_each_key_its_shard_file_and_lock_file(tmp_path: Path) -> None:
-    folder, name, lock = locate(str(tmp_path), "Chat:42")
-    assert folder is shard_folder(str(tmp_path), Path(folder.path).name)  # one object per folder
+    store = Store(str(tmp_path))
+    folder, name, lock = store.locate("Chat:42")
+    assert folder is store.shards[Path(folder.path).name]  # one object per folder
     assert Path(folder.path).parent == tmp_path
     assert name == "k~43hat~3a42.json"
     assert Path(lock).parent == tmp_path / LOCK_DIR
-    assert locate(str(tmp_path), "Chat:42") == (folder, name, lock)
+    assert store.locate("Chat:42") == (folder, name, lock)

@@ -249,17 +249,15 @@ def test_sweep_keeps_an_idle_session_that_an_update_holds_locked(tmp_path: Path)
 def test_sweep_keeps_a_session_written_after_it_was_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = FileStorage(tmp_path)
     make_sessions(storage, idle=1, live=0)
-    real_scandir = os.scandir
+    real_list = FileStorage._list
 
-    def listing_then_a_write(path: Any) -> Any:
-        entries = list(real_scandir(path))
-        for entry in entries:
-            entry.stat(follow_symlinks=False)  # the listing saw the session idle...
-        if any(e.name.endswith(".json") for e in entries):
+    def listing_then_a_write(self: FileStorage, *args: Any) -> Any:
+        page = real_list(self, *args)  # the listing saw the session idle...
+        if page:
             storage.write("idle0", {"i": "fresh"})  # ...then an update wrote it
-        return iter(entries)
+        return page
 
-    monkeypatch.setattr(os, "scandir", listing_then_a_write)
+    monkeypatch.setattr(FileStorage, "_list", listing_then_a_write)
     report = FileStorage(tmp_path).sweep(ttl=3600)
     monkeypatch.undo()
     assert (report.removed, report.in_use) == (0, 1)
@@ -269,6 +267,8 @@ def test_sweep_keeps_a_session_written_after_it_was_listed(tmp_path: Path, monke
 def test_middleware_sweeps_in_slices_of_one_shard_per_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = FileStorage(tmp_path, ttl=3600)
     make_sessions(storage, idle=40, live=0)
+    for shard in range(256):  # a missing folder is not listed: let every slice list one
+        (tmp_path / f"{shard:02x}").mkdir(mode=0o700, exist_ok=True)
     mw = session(initial=lambda: {"n": 0}, storage=storage, sweep_interval=0.001)
     listings: list[str] = []
     real_scandir = os.scandir

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import run_python
+from helpers import full_path, run_python
 
 from simplesession import FileStorage, LockTimeout
 from simplesession.storage import stripes
@@ -59,9 +60,9 @@ def test_a_lock_file_is_opened_once_and_kept_between_holds(tmp_path: Path, monke
     opened: list[str] = []
     real_open = os.open
 
-    def spy_open(path: str, *args: int) -> int:
-        opened.append(str(path))
-        return real_open(path, *args)
+    def spy_open(path: str, *args: int, **kwargs: Any) -> int:
+        opened.append(full_path(path, kwargs.get("dir_fd")))
+        return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", spy_open)
     for _ in range(3):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PlainStorage
+from helpers import PlainStorage, full_path
 from hookstorage import HookStorage
 
 from simplesession import (
@@ -622,9 +622,9 @@ def replaced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     files: list[str] = []
     real_replace = os.replace
 
-    def spy_replace(src: str, dst: str) -> None:
-        files.append(dst)
-        real_replace(src, dst)
+    def spy_replace(src: str, dst: str, **kwargs: Any) -> None:
+        files.append(full_path(dst, kwargs.get("dst_dir_fd")))
+        real_replace(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "replace", spy_replace)
     return files

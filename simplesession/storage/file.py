@@ -16,10 +16,11 @@ import platformdirs
 
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, locate, shard_folder
+from . import stripes
+from ._fs import CORRUPT_DIR, LOCK_DIR, TEMP_PREFIX, BadFolder, Folder, NotAFile, ReadFailed, Stamp, Store
 from .base import Storage
 from .document import BadDocument, decode_document
-from .locks import LOCK_STRIPES
+from .locks import LOCK_STRIPES, lasting
 from .stripes import FileStripes
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable, aside_suffix
 
@@ -31,7 +32,6 @@ SHARDS = 256
 # A temporary file exists for the microseconds of one write; one this old was left by a
 # writer that crashed.
 DEBRIS_AGE = 3600.0
-CORRUPT_DIR = "corrupt"
 _STRIPE_NAME = re.compile(r"[0-9a-f]{3}\.lock")
 
 
@@ -62,12 +62,31 @@ class FileStorage(Storage):
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
     :param ttl: seconds (or a ``timedelta``) after which a session that was neither read
         nor written reads as missing; :meth:`sweep` then removes its file.
+    :param trust_folder: use the folder even if another user could change it. By default a
+        folder of the store (its own, a shard, ``.locks``, ``corrupt``) that belongs to
+        another user than the one this process runs as (its effective uid) and root, or
+        that its group or other users may write to, is refused with a
+        :class:`~simplesession.StorageError` saying how to fix it, as such a user could
+        forge sessions (the rule of OpenSSH's ``StrictModes``). Links inside the store are
+        never followed, whatever this says.
 
     Files live in 256 shard folders. Each file records ``{"format": 1, "key": ...,
     "data": ...}``. Writes go to a temporary file that replaces the old one in one step,
     so a killed process leaves every session at its old or its new value. A file that cannot
     be decoded is moved into the ``corrupt`` folder (never deleted), an ERROR is logged, and
     the key reads as missing. A session's idle clock is its file's modification time.
+
+    Nothing outside the folder is ever created, changed, moved or deleted: each folder is
+    opened once, kept, and the files in it are reached through it, with no link followed.
+    A link or a file where one of the store's folders belongs raises a
+    :class:`~simplesession.StorageError` naming it; a link (or fifo, device, folder) where a
+    session's file belongs is set aside like a corrupt file, unread. Every folder made is
+    0700 whatever the umask, those the store's folder is in included.
+
+    In a store that cannot be written (a read-only mount, a folder without write
+    permission, no free inodes), reads go on: a lock whose lock file cannot be made is held
+    within this process only, as then no process can write the session either; a write
+    made while holding such a lock is refused.
     """
 
     kind = "files"
@@ -81,16 +100,25 @@ class FileStorage(Storage):
         fsync: bool = False,
         lock_timeout: float | None = 10.0,
         ttl: float | timedelta | None = None,
+        trust_folder: bool = False,
     ) -> None:
         self.directory = Path(os.path.abspath(default_directory(app_name) if directory is None else directory))
         self.fsync = bool(fsync)
+        self.trust_folder = bool(trust_folder)
         self._dir = str(self.directory)
-        self._corrupt_dir = Folder(os.path.join(self._dir, CORRUPT_DIR))
-        self._lock_dir = Folder(os.path.join(self._dir, LOCK_DIR))
-        stripes = FileStripes(
-            self._lock_dir.path, lambda key: self._make(self._lock_dir, key), functools.partial(locate, self._dir)
+        store = self._folders = Store(self._dir, trust=self.trust_folder)
+        self._corrupt_dir = store.corrupt
+        self._lock_dir = store.locks
+        self._places = store.places  # looked up on every call, without a call
+        self._locate_new = store.locate
+        # No reference back to the storage: it is let go (and its folders closed) at once.
+        make_lock_dir = functools.partial(_make, store.locks, fsync=self.fsync)
+        super().__init__(
+            locks=FileStripes(store.locks, make_lock_dir, store.locate),
+            ttl=ttl,
+            lock_timeout=lock_timeout,
+            cache_size=cache_size,
         )
-        super().__init__(locks=stripes, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size)
 
     def __repr__(self) -> str:
         return f"FileStorage({self._dir!r})"
@@ -129,22 +157,21 @@ class FileStorage(Storage):
         stats = StorageStats()
         temp = 0
         for shard in range(SHARDS):
-            try:
-                entries = shard_folder(self._dir, f"{shard:02x}").scan()
-            except FileNotFoundError:
-                entries = []
-            for entry in entries:
+            folder = self._folders.shards[f"{shard:02x}"]
+            for name in self._listing(folder):
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    st = folder.stat(name)
                 except FileNotFoundError:
                     continue
-                if entry.name.startswith(TEMP_PREFIX):
+                except OSError as exc:
+                    raise self._error("list", None, folder.file(name), exc) from exc
+                if name.startswith(TEMP_PREFIX):
                     temp += 1
-                elif entry.name.endswith(SUFFIX):
+                elif name.endswith(SUFFIX):
                     stats.saw(st.st_size, st.st_mtime_ns / 1e9)
             if progress is not None:
                 progress(shard + 1, SHARDS)
-        corrupt, locks = (self._count(folder) for folder in (self._corrupt_dir, self._lock_dir))
+        corrupt, locks = (len(self._listing(folder)) for folder in (self._corrupt_dir, self._lock_dir))
         stats.details = [
             Figure("temp_files", "temp files", temp),
             Figure(
@@ -157,26 +184,30 @@ class FileStorage(Storage):
         ]
         return stats
 
-    @staticmethod
-    def _count(folder: Folder) -> int:
+    def _listing(self, folder: Folder) -> list[str]:
+        """The names in ``folder``: none if it is missing."""
         try:
-            return len(folder.names())
+            return folder.names()
         except FileNotFoundError:
-            return 0
+            return []
+        except OSError as exc:
+            raise self._error("list", None, folder.path, exc) from exc
 
     # -- the hooks -------------------------------------------------------------------------
 
     def _locate(self, key: str) -> tuple[Folder, str, str]:
         if type(key) is not str:
             key_bytes(key)  # raises, saying what a key must be
-        return locate(self._dir, key)
+        return self._places.get(key) or self._locate_new(key)
 
     def _get(self, key: str) -> Stored | None:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
         try:
             stamp, raw = folder.read(name)
         except FileNotFoundError:
             return None
+        except NotAFile as exc:
+            raise Unreadable(f"it is {exc.strerror}") from exc
         except (PermissionError, IsADirectoryError, ReadFailed) as exc:
             raise Unreadable(f"it cannot be read: {exc.strerror}") from exc
         except OSError as exc:
@@ -184,7 +215,7 @@ class FileStorage(Storage):
         return raw, stamp
 
     def _stamp(self, key: str) -> Stamp | None:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
         try:
             return folder.stamp(name)
         except FileNotFoundError:
@@ -193,15 +224,20 @@ class FileStorage(Storage):
             raise self._error("read", key, folder.file(name), exc) from exc
 
     def _put(self, key: str, document: bytes) -> Stamp:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, lock = self._places.get(key) or self._locate_new(key)
+        if stripes.lockless_holds:
+            self._refuse_lockless(key, folder.file(name), lock, "write")
         try:
+            stamp = folder.replace(name, document, self.fsync)
+        except FileNotFoundError:
+            try:
+                folder.make(self.fsync)  # the first write to this shard
+            except OSError as exc:
+                raise _error("write", key, folder.file(name), exc, f" (making its folder {folder.path})") from exc
             try:
                 stamp = folder.replace(name, document, self.fsync)
-            except FileNotFoundError:
-                self._make(folder, key)  # the first write to this shard
-                stamp = folder.replace(name, document, self.fsync)
-        except StorageError:
-            raise  # from _make, which said what failed
+            except OSError as exc:
+                raise self._error("write", key, folder.file(name), exc) from exc
         except OSError as exc:
             raise self._error("write", key, folder.file(name), exc) from exc
         if self.fsync:
@@ -209,7 +245,9 @@ class FileStorage(Storage):
         return stamp
 
     def _delete(self, key: str) -> None:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, lock = self._places.get(key) or self._locate_new(key)
+        if stripes.lockless_holds:
+            self._refuse_lockless(key, folder.file(name), lock, "delete")
         try:
             folder.unlink(name)
         except FileNotFoundError:
@@ -223,7 +261,7 @@ class FileStorage(Storage):
         return (time.time_ns() - stamp[1]) / 1e9  # type: ignore[no-any-return]
 
     def _touch(self, key: str, stamp: Any) -> Stamp | None:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
         now = time.time_ns()
         try:
             folder.set_times(name, now)
@@ -232,8 +270,24 @@ class FileStorage(Storage):
             return None
         return stamp[0], now, stamp[2]
 
+    @staticmethod
+    def _refuse_lockless(key: str, path: str, lock: str, action: str) -> None:
+        gate = lasting.get(lock)
+        cause = None if gate is None or gate.owner is None else stripes.lockless_cause(gate)
+        if cause is None:
+            return
+        error = StorageError(
+            f"could not {action} session {key!r} at {path}: its lock was taken when its lock file "
+            f"{lock} could not be made ({cause.strerror or cause}), so it keeps no other process "
+            "out; a store that cannot be written serves reads only",
+            key=key,
+            path=path,
+        )
+        error.errno = cause.errno
+        raise error
+
     def _idle(self, key: str) -> tuple[float, int] | None:
-        st = self._status(locate(self._dir, key), key, "remove the idle")
+        st = self._status(self._locate(key), key, "remove the idle")
         return None if st is None else ((time.time_ns() - st.st_mtime_ns) / 1e9, st.st_size)
 
     def _status(self, place: tuple[Folder, str, str], key: str, action: str) -> os.stat_result | None:
@@ -264,7 +318,7 @@ class FileStorage(Storage):
         return SHARDS + 1
 
     def _move_aside(self, key: str, expected: Stored | None) -> str | None:
-        folder, name, _ = locate(self._dir, key)
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
         if expected is not None:
             try:
                 if folder.stamp(name) != expected[1]:
@@ -278,29 +332,19 @@ class FileStorage(Storage):
     # -- listing and sweeping ----------------------------------------------------------------
 
     def _shards(self) -> list[str]:
-        try:
-            names = os.listdir(self._dir)
-        except FileNotFoundError:
-            return []
+        names = self._listing(self._folders.top)
         return sorted(n for n in names if len(n) == 2 and all(c in "0123456789abcdef" for c in n))
 
     def _list(self, shard: str, clock: bool, sweep: tuple[SweepReport, bool] | None) -> list[Listed]:
         """The sessions in one shard folder; when sweeping, its old temporary files are removed too."""
-        folder = shard_folder(self._dir, shard)
-        try:
-            entries = folder.scan()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise self._error("list", None, folder.path, exc) from exc
+        folder = self._folders.shards[shard]
         now = time.time_ns()
         page = []
-        for entry in entries:
-            name = entry.name
+        for name in self._listing(folder):
             try:
                 if name.startswith(TEMP_PREFIX):
                     if sweep is not None:
-                        self._sweep_temp(entry, now, *sweep)
+                        self._sweep_temp(folder, name, now, *sweep)
                     continue
                 if name.startswith("k"):
                     key = key_from_name(name)
@@ -315,20 +359,22 @@ class FileStorage(Storage):
                 if not clock:
                     page.append(Listed(key))
                     continue
-                st = entry.stat(follow_symlinks=False)
+                st = folder.stat(name)
                 page.append(Listed(key, (now - st.st_mtime_ns) / 1e9, st.st_size))
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
+            except StorageError:
+                raise
             except OSError as exc:
-                raise self._error("list", None, entry.path, exc) from exc
+                raise self._error("list", None, folder.file(name), exc) from exc
         return page
 
     @staticmethod
-    def _sweep_temp(entry: os.DirEntry[str], now: int, report: SweepReport, dry_run: bool) -> None:
-        st = entry.stat(follow_symlinks=False)
+    def _sweep_temp(folder: Folder, name: str, now: int, report: SweepReport, dry_run: bool) -> None:
+        st = folder.stat(name)
         if now - st.st_mtime_ns > DEBRIS_AGE * 1e9:
             if not dry_run:
-                os.unlink(entry.path)
+                folder.unlink(name)  # a link itself, if one was planted: never what it points to
             report.debris += 1
             report.bytes_freed += st.st_size
 
@@ -336,19 +382,18 @@ class FileStorage(Storage):
         # Lock files of the current stripes are permanent (a lock dies with its process, so
         # none is ever stale); anything else in the lock folder is a leftover.
         report = SweepReport()
-        try:
-            entries = self._lock_dir.scan()
-        except FileNotFoundError:
-            return report
-        for entry in entries:
-            if _STRIPE_NAME.fullmatch(entry.name) and int(entry.name[:3], 16) < LOCK_STRIPES:
+        folder = self._lock_dir
+        for name in self._listing(folder):
+            if _STRIPE_NAME.fullmatch(name) and int(name[:3], 16) < LOCK_STRIPES:
                 continue
             try:
-                size = entry.stat(follow_symlinks=False).st_size
+                size = folder.stat(name).st_size
                 if not dry_run:
-                    os.unlink(entry.path)
+                    folder.unlink(name)
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 continue
+            except OSError as exc:
+                raise self._error("remove the leftover", None, folder.file(name), exc) from exc
             report.debris += 1
             report.bytes_freed += size
         return report
@@ -361,7 +406,10 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return None
         except (OSError, BadDocument) as exc:
-            reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            if isinstance(exc, NotAFile):
+                reason = f"it is {exc.strerror}"
+            else:
+                reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
             try:
                 where = self._move_file_aside(folder, name, None)
@@ -376,7 +424,7 @@ class FileStorage(Storage):
         """Move a file into ``corrupt/``, keeping its bytes for a human; where it went."""
         new_name = f"{name}.{aside_suffix()}"
         try:
-            self._make(self._corrupt_dir, key)
+            self._corrupt_dir.make(self.fsync)
             folder.rename(name, self._corrupt_dir, new_name)
         except FileNotFoundError:
             return None
@@ -390,10 +438,7 @@ class FileStorage(Storage):
     # -- folders and errors ------------------------------------------------------------------
 
     def _make(self, folder: Folder, key: str | None) -> None:
-        try:
-            folder.make(self._dir, fsync=self.fsync)
-        except OSError as exc:
-            raise self._error("create the folder for", key, folder.path, exc) from exc
+        _make(folder, key, fsync=self.fsync)
 
     def _sync(self, folder: Folder, key: str | None) -> None:
         try:
@@ -403,12 +448,28 @@ class FileStorage(Storage):
 
     @staticmethod
     def _error(action: str, key: str | None, path: str, exc: OSError) -> StorageError:
-        whose = f"session {key!r}" if key is not None else "a session"
+        return _error(action, key, path, exc)
+
+
+def _make(folder: Folder, key: str | None, *, fsync: bool) -> None:
+    """Make ``folder`` if it is missing; a :class:`~simplesession.StorageError` saying why it cannot be."""
+    try:
+        folder.make(fsync)
+    except OSError as exc:
+        raise _error("create the folder for", key, folder.path, exc) from exc
+
+
+def _error(action: str, key: str | None, path: str, exc: OSError, doing: str = "") -> StorageError:
+    whose = f"session {key!r}" if key is not None else "a session"
+    if isinstance(exc, BadFolder):
+        # The folder is what is wrong, and the error says what to do about it.
+        error = StorageError(f"could not {action} {whose}: {exc.strerror}", key=key, path=exc.filename)
+    else:
         error = StorageError(
-            f"could not {action} {whose} at {path}: {exc.strerror or exc}; "
+            f"could not {action} {whose} at {path}{doing}: {exc.strerror or exc}; "
             "check that the folder exists, is writable and has free space",
             key=key,
             path=path,
         )
-        error.errno = exc.errno
-        return error
+    error.errno = exc.errno
+    return error

@@ -12,7 +12,18 @@ a stripe keeps its descriptor open between holds. At most :data:`KEPT_DESCRIPTOR
 per process, and no more than a quarter of its open-file limit (a low one, such as macOS's
 usual 256, must leave the bot room for its own files and sockets); past that, the
 longest-kept idle ones are closed. Keeping them relies on lock files never being deleted,
-which holds: nothing removes a current stripe's file.
+which holds: nothing removes a current stripe's file. Nor is a kept descriptor checked
+against the file now at its place on each hold (a system call per update): a lock folder
+deleted while bots run on it parts them until they restart, as README says. A lock file is
+opened in the lock folder's own descriptor, which is checked when a lock file is opened:
+one deleted and made again is taken anew, so new stripes land in the folder that is there.
+
+A lock file is opened without following a link (``O_NOFOLLOW``), and anything but a
+regular file there is refused. Where the lock file cannot be made because the store
+cannot be written (read-only, no permission, no free inodes), the lock is held within
+this process only: no process can write the session then, so reads go on. Such a hold is
+retried with a file at each take, and a write made under it is refused (see
+:func:`lockless_cause`).
 """
 
 from __future__ import annotations
@@ -33,17 +44,21 @@ except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousa
     resource = None  # type: ignore[assignment]
 
 from ..errors import StorageError
+from ._fs import BadFolder, Folder, NotAFile
 from .locks import Gate, LockSpace, lasting, lasting_gate, stripe_of
 
-__all__ = ["KEPT_DESCRIPTORS", "FileStripes"]
+__all__ = ["KEPT_DESCRIPTORS", "FileStripes", "lockless_cause", "lockless_holds"]
 
 KEPT_DESCRIPTORS = 256
 """How many lock files a process keeps open between holds at most: all of one storage's
 stripes, and a quarter of Linux's usual limit of 1,024 open files. Under a lower limit,
 a quarter of it."""
 
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+# Why a lock file could not be made in a store that cannot be written.
+_CANNOT_WRITE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+lockless_holds = 0
+"""How many stripes this process holds without a lock file: while none, writes check nothing."""
 
 
 class _FileGate(Gate):
@@ -83,7 +98,8 @@ class _FileGate(Gate):
 class FileStripes(LockSpace):
     """Locks on the :data:`LOCK_STRIPES` lock files of one folder.
 
-    :param folder: where the lock files are (``NNN.lock``).
+    :param folder: where the lock files are (``NNN.lock``): a :class:`~simplesession.storage._fs.Folder`
+        of a store, or a path.
     :param make_folder: creates ``folder`` (and what it is in) if missing, before the first
         lock file is opened; called with the key whose lock is wanted, for its error message.
     :param locate: where the storage keeps what it worked out about a key (with a cache of
@@ -92,11 +108,14 @@ class FileStripes(LockSpace):
     """
 
     def __init__(
-        self, folder: str, make_folder: Callable[[str], None], locate: Callable[[str], tuple[Any, ...]] | None = None
+        self,
+        folder: Folder | str,
+        make_folder: Callable[[str], None],
+        locate: Callable[[str], tuple[Any, ...]] | None = None,
     ) -> None:
-        self.folder = folder
+        self._folder = folder if isinstance(folder, Folder) else Folder(folder)
+        self.folder = self._folder.path
         self._make_folder = make_folder
-        self._folder_made = False
         self._locate = locate or self._stripe
 
     def _stripe(self, key: str) -> tuple[str]:
@@ -119,13 +138,25 @@ class FileStripes(LockSpace):
         return lasting.get(path) or lasting_gate(path, _FileGate)
 
     def try_lock(self, gate: Gate, key: str) -> bool:
+        global lockless_holds
         fd = gate.fd  # type: ignore[attr-defined]  # a _FileGate: this space made it
         if fd is None:
-            fd = gate.fd = self._open(gate.path, key)  # type: ignore[attr-defined]
+            fd = self._open(gate, key)
+            if fd is None:
+                with _kept_lock:
+                    lockless_holds += 1
+                return True
+            gate.fd = fd  # type: ignore[attr-defined]
             _opened(gate)  # type: ignore[arg-type]
         return lock_descriptor(fd, blocking=False)
 
     def unlock(self, gate: Gate, key: str) -> None:
+        global lockless_holds
+        if gate.proof is not None:
+            gate.proof = None
+            with _kept_lock:
+                lockless_holds -= 1
+            return
         try:
             unlock_descriptor(gate.fd)  # type: ignore[attr-defined]
         except BaseException:
@@ -135,29 +166,51 @@ class FileStripes(LockSpace):
             # Over the limit since the others were all in use when this one opened.
             _close_kept(gate)  # type: ignore[arg-type]
 
-    def _open(self, path: str, key: str) -> int:
-        if not self._folder_made:
-            self._make_folder(key)  # raises a StorageError saying what failed
-            self._folder_made = True
+    def _open(self, gate: Gate, key: str) -> int | None:
+        """A descriptor of ``gate``'s lock file; ``None`` where the store cannot be written
+        and the file is missing (the gate then keeps why, as its proof)."""
+        path = gate.name
+        name = os.path.basename(path)
         try:
-            return os.open(path, _OPEN_FLAGS, 0o600)
-        except OSError as exc:
-            error = exc
-        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            # A lock works on a descriptor opened for reading too: in a read-only folder,
-            # updates that only read go on.
             try:
-                return os.open(path, _READ_FLAGS)
-            except OSError:
-                pass
-        wrapped = StorageError(
-            f"cannot open the lock file {path} of session {key!r}: {error.strerror or error}; "
-            "check that the sessions folder exists and is writable",
-            key=key,
-            path=path,
-        )
-        wrapped.errno = error.errno
-        raise wrapped from error
+                return self._folder.open_lock(name)
+            except FileNotFoundError:
+                self._make_folder(key)  # raises a StorageError saying what failed
+                return self._folder.open_lock(name)
+        except StorageError as error:  # from make_folder
+            if error.errno not in _CANNOT_WRITE:
+                raise
+            cause: OSError = error
+        except (BadFolder, NotAFile) as error:
+            what = "" if isinstance(error, BadFolder) else f"the lock file {path} is "
+            wrapped = StorageError(
+                f"cannot lock session {key!r}: {what}{error.strerror}"
+                + ("" if isinstance(error, BadFolder) else "; remove it (a lock file is made again at the next lock)"),
+                key=key,
+                path=error.filename,
+            )
+            wrapped.errno = error.errno
+            raise wrapped from error
+        except OSError as error:
+            if error.errno not in _CANNOT_WRITE:
+                wrapped = StorageError(
+                    f"cannot open the lock file {path} of session {key!r}: {error.strerror or error}; "
+                    "check that the sessions folder exists and is writable",
+                    key=key,
+                    path=path,
+                )
+                wrapped.errno = error.errno
+                raise wrapped from error
+            cause = error
+        gate.proof = cause
+        return None
+
+
+def lockless_cause(gate: Gate) -> OSError | None:
+    """Why ``gate``, a stripe's, is held without a lock file (which keeps no other process
+    out), or ``None`` if it is not."""
+    proof = gate.proof
+    return proof if isinstance(proof, OSError) else None
 
 
 # Stripes with a kept descriptor, first opened first.
@@ -205,9 +258,10 @@ def _close_kept(gate: _FileGate) -> None:
 
 def _forget_kept() -> None:
     # The child's copies of the descriptors are closed with their gates (see locks).
-    global _kept_lock
+    global _kept_lock, lockless_holds
     _kept_lock = threading.Lock()
     _kept.clear()
+    lockless_holds = 0
 
 
 if hasattr(os, "register_at_fork"):

@@ -166,6 +166,11 @@ def _sorted_migrations(
         return []
     if not isinstance(migrations, Mapping):
         raise TypeError(f"{where}: migrations must be a dict of version: function, not {migrations!r}")
+    if not migrations:
+        # As grammY: an empty dict is a mistake (a lost list of steps), not "no migrations".
+        raise ValueError(
+            f"{where}: migrations={{}} is empty; give at least one {{version: function}}, or leave migrations out"
+        )
     for version, migration in migrations.items():
         if type(version) not in (int, float) or not math.isfinite(version):
             raise TypeError(

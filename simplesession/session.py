@@ -151,10 +151,13 @@ class _Slot:
             return (lambda: storage.delete(key)) if self._stored else None
         value = data.check_copy(self._value, key)
         raw = data.encode(value)
-        if raw == self._baseline and self._version == fragment.latest:
+        # Only a migration changes a session's version: a bot without migrations keeps the one
+        # stored, so that migrations added back later do not run again on it.
+        version = fragment.latest if fragment.migrations else self._version
+        if raw == self._baseline and self._version == version:
             return None
         fragment.check_size(key, raw)
-        return lambda: fragment.storage.write_for_session(key, value, raw, fragment.latest)
+        return lambda: fragment.storage.write_for_session(key, value, raw, version)
 
     def finish(self, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``), then release the lock."""

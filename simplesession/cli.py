@@ -307,7 +307,7 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
             doc = data.decode(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise bad("not UTF-8 text") from None
-        except (ValueError, RecursionError) as error:
+        except ValueError as error:
             raise bad(f"not JSON ({error})") from None
         if type(doc) is not dict:
             raise bad(f"a JSON {type(doc).__name__}, not an object with key, version and data")

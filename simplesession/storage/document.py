@@ -82,7 +82,9 @@ def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Versi
     """``(key, data, version)`` of a document (whose key must be ``key``, if given)."""
     try:
         doc = data.decode(raw)
-    except (ValueError, RecursionError) as exc:
+    except data.TooDeep as exc:
+        raise BadDocument(str(exc)) from None
+    except ValueError as exc:
         raise BadDocument("it is empty" if not raw else f"it is not JSON ({exc})") from None
     if not (type(doc) is dict and doc.get("format") == FORMAT and type(doc.get("key")) is str):
         raise BadDocument("it is JSON but not a simplesession document")

@@ -18,10 +18,22 @@ from typing import Any
 
 from .errors import SessionDataError
 
-__all__ = ["MAX_DEPTH", "NotSessionData", "TooDeep", "check_copy", "checked_copy", "copy", "decode", "encode"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_DEPTH",
+    "NotSessionData",
+    "TooDeep",
+    "check_copy",
+    "checked_copy",
+    "copy",
+    "decode",
+    "encode",
+]
 
 _SCALARS = (bool, type(None))
 _CONTAINERS = (dict, list)
+DEFAULT_MAX_SIZE = 1 << 20
+"""Bytes of JSON a session's data may take by default (1 MiB), in a storage and in the middleware."""
 MAX_DEPTH = 256
 """How deeply dicts and lists may nest in a session: a fixed limit, so that what one caller
 could store, any other can read back, however deep its own stack."""

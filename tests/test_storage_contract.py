@@ -319,6 +319,18 @@ def test_a_stored_value_that_breaks_the_rules_of_writing_is_set_aside_and_the_ke
     assert storage.read("k") == {"n": 2}
 
 
+def test_a_storage_refuses_a_write_over_its_max_size_and_keeps_the_value(storage: Storage) -> None:
+    assert storage.max_size == data.DEFAULT_MAX_SIZE
+    storage.write("k", {"n": 1})
+    with pytest.raises(SessionDataError, match=r"over the storage's max_size=1,048,576") as info:
+        storage.write("k", "x" * 100_000_000)
+    assert info.value.key == "k"
+    assert "nothing was stored" in str(info.value)
+    with pytest.raises(SessionDataError, match="max_size"):
+        storage.write_for_session("k", "x" * data.DEFAULT_MAX_SIZE, data.encode("x" * data.DEFAULT_MAX_SIZE), None)
+    assert storage.read("k") == {"n": 1}
+
+
 # -- ttl and the sweep ---------------------------------------------------------------------
 
 

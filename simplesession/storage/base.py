@@ -20,9 +20,18 @@ from typing import Any, ClassVar, Literal
 
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
-from ..errors import CorruptSessionError, LockTimeout, StorageError
+from ..errors import CorruptSessionError, LockTimeout, SessionDataError, StorageError
 from ..keys import key_bytes
-from .document import BadDocument, Version, check_version, data_json, decode_document, document_of
+from .document import (
+    BadDocument,
+    Version,
+    check_version,
+    data_json,
+    decode_document,
+    document_of,
+    key_size,
+    most_bytes,
+)
 from .locks import KeyLock, LockSpace
 from .values import (
     Figure,
@@ -35,6 +44,7 @@ from .values import (
     Unreadable,
     check_key,
     check_lock_timeout,
+    check_max_size,
     ttl_seconds,
 )
 
@@ -54,10 +64,10 @@ class _Default(enum.Enum):
 _DEFAULT_TIMEOUT = _Default.TIMEOUT
 
 
-_Entry = tuple[Hashable, Any, "Version | None", "bytes | None"]
+_Entry = tuple[Hashable, Any, "Version | None", bytes]
 # What the front cache holds for a key: (stamp, value, version, raw). ``raw`` is the value's
-# JSON once known, which spares the middleware encoding it again. A plain tuple, as one is
-# made on every read from the store and every write.
+# JSON, which spares the middleware encoding it again. A plain tuple, as one is made on every
+# read from the store and every write.
 
 
 class Storage(ABC):
@@ -84,6 +94,10 @@ class Storage(ABC):
     :param cache_size: how many decoded sessions to keep in memory, validated by
         :meth:`_stamp` on each use (0: none; ``None``: all). Only for backends whose stamps
         are cheap.
+    :param max_size: the most bytes of JSON a session's data (and its key) may take. A
+        bigger value is refused on write with :class:`~simplesession.SessionDataError`, and
+        a stored one is corrupt: it is set aside without being loaded, as the backends check
+        the size first. So what any read costs in memory is bounded by it.
     """
 
     #: What kind of place it is, for messages ("files", "Redis").
@@ -107,7 +121,11 @@ class Storage(ABC):
         ttl: float | timedelta | None = None,
         lock_timeout: float | None = 10.0,
         cache_size: int | None = 0,
+        max_size: int = data.DEFAULT_MAX_SIZE,
     ) -> None:
+        self._max_size = check_max_size(max_size)
+        # Keys this long may take more JSON than max_size (a character takes 6 bytes at most).
+        self._long_key = (max_size - 2) // 6
         self._locks = locks
         self.ttl = ttl_seconds(ttl)
         self.lock_timeout = lock_timeout
@@ -126,6 +144,11 @@ class Storage(ABC):
         self._ttl = ttl_seconds(ttl)
         # The idle clock is the backend's own unless the place expires sessions by itself.
         self._idle_ttl = None if self.expires_by_itself else self._ttl
+
+    @property
+    def max_size(self) -> int:
+        """The most bytes of JSON a session's data, or its key, may take in this storage."""
+        return self._max_size
 
     @property
     def lock_timeout(self) -> float | None:
@@ -165,7 +188,9 @@ class Storage(ABC):
             return
         if version is not None:
             check_version(version)
-        self._store(key, value, data.encode(value), version)
+        raw = data.encode(value)
+        self._check_size(key, raw)
+        self._store(key, value, raw, version)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
@@ -322,12 +347,8 @@ class Storage(ABC):
             got = self._fetch(key)
             if got is None:
                 return None
-            (stamp, stored, version, raw), value = got
-            if raw is None:
-                raw = data.encode(stored)
-                if self._cache is not None:
-                    self._cache.put(key, (stamp, stored, version, raw))
-            return value, version, raw
+            entry, value = got
+            return value, entry[2], entry[3]
         if versions:
             found = self.read_versioned(key)
             return None if found is None else (found[0], found[1], None)
@@ -337,6 +358,8 @@ class Storage(ABC):
     def write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         """Store ``value``, a private copy that :func:`simplesession.data.check_copy` made and
         whose JSON is ``raw``, at ``version`` (through an overridden :meth:`write` if any)."""
+        if len(raw) > self._max_size or len(key) > self._long_key:
+            self._check_size(key, raw)
         if self._fast:
             stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
             if self._cache is not None:
@@ -435,15 +458,22 @@ class Storage(ABC):
             return None
         document, stamp = stored
         try:
+            if len(document) > most_bytes(key, self._max_size):  # where the backend could not check it first
+                raise BadDocument(self._too_large(len(document)))
             _, value, version = decode_document(document, key)
             private = data.checked_copy(value)  # read by the rules of writing, as its caller's copy
+            raw = data_json(document, key, version)
+            if raw is None:  # not as a write makes it (a hand edit): its JSON is needed to measure it
+                raw = data.encode(value)
+            if len(raw) > self._max_size:
+                raise BadDocument(self._too_large(len(raw)))
         except BadDocument as exc:
             self._quarantine(key, str(exc), stored)
             return None
         except data.NotSessionData as exc:
             self._quarantine(key, f"its data cannot be a session: {exc}", stored)
             return None
-        entry = (stamp, value, version, data_json(document, key, version))
+        entry = (stamp, value, version, raw)
         if cache is not None:
             cache.put(key, entry)
         if self._idle_ttl is not None:
@@ -469,6 +499,31 @@ class Storage(ABC):
                     self._cache.put(key, entry)
         return entry
 
+    def _read_limit(self, key: str | None) -> int:
+        """The most bytes a stored document of ``key`` (``None``: of any key) may take; a
+        backend that can tell a stored value's size before loading it raises :class:`Unreadable`
+        for a bigger one, with :meth:`_too_large` as the reason."""
+        return most_bytes(key, self._max_size)
+
+    def _too_large(self, size: int) -> str:
+        """Why a stored value of ``size`` bytes is corrupt here, for messages."""
+        return f"it takes {size:,} bytes, over what a session within max_size={self._max_size:,} can take"
+
+    def _check_size(self, key: str, raw: bytes) -> None:
+        """:class:`~simplesession.SessionDataError` if ``raw`` (the data's JSON) or ``key`` is over max_size."""
+        if len(raw) > self._max_size:
+            what = f"is {len(raw):,} bytes of JSON"
+        elif len(key) > self._long_key and key_size(key) > self._max_size:
+            what = f"cannot be stored: its key takes {key_size(key):,} bytes of JSON"
+        else:
+            return
+        shown = key if len(key) <= 40 else f"{key[:40]}…"
+        raise SessionDataError(
+            f"session {shown!r} {what}, over the storage's max_size={self._max_size:,}; nothing was stored. "
+            "Keep sessions small, or give the storage a larger max_size",
+            key=key,
+        )
+
     def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
@@ -487,7 +542,7 @@ class Storage(ABC):
             else:
                 if now is None:
                     return None
-                if check and (found is None or now[0] != found[0]) and _decodes(now[0], key):
+                if check and (found is None or now[0] != found[0]) and self._acceptable(now[0], key):
                     return None
             try:
                 where = self._move_aside(key, now)
@@ -531,10 +586,14 @@ class Storage(ABC):
         except LockTimeout:
             return None
 
-
-def _decodes(document: bytes, key: str) -> bool:
-    try:
-        data.checked_copy(decode_document(document, key)[1])
-    except (BadDocument, data.NotSessionData):
-        return False
-    return True
+    def _acceptable(self, document: bytes, key: str) -> bool:
+        """Whether ``document`` is a session of ``key`` that a read would take."""
+        if len(document) > most_bytes(key, self._max_size):
+            return False
+        try:
+            _, value, version = decode_document(document, key)
+            data.checked_copy(value)
+        except (BadDocument, data.NotSessionData):
+            return False
+        raw = data_json(document, key, version)
+        return len(raw if raw is not None else data.encode(value)) <= self._max_size

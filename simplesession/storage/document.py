@@ -25,10 +25,13 @@ __all__ = [
     "decode_document",
     "document_of",
     "encode_document",
+    "key_size",
+    "most_bytes",
 ]
 
 FORMAT = 1
 """The format version written in every document as ``"format"``."""
+_KEY_HEAD = b'{"format":%d,"key":' % FORMAT
 
 
 class BadDocument(ValueError):
@@ -75,7 +78,24 @@ def _head(key: str, version: Version | None) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _key_head(key: str) -> bytes:
-    return b'{"format":%d,"key":%s' % (FORMAT, data.encode(key))
+    return _KEY_HEAD + data.encode(key)
+
+
+# Around the key's and the data's JSON: the longest version a document can record (an int
+# of 309 digits and a sign: check_version refuses ints beyond a float's range) and the rest.
+_FRAME = len(',"version":') + 310 + len(',"data":') + len("}\n")
+
+
+def key_size(key: str) -> int:
+    """Bytes of the JSON of ``key`` (a valid key), quotes included."""
+    return len(_key_head(key)) - len(_KEY_HEAD)
+
+
+def most_bytes(key: str | None, max_size: int) -> int:
+    """The most bytes a document of ``key`` can take when its data's JSON takes at most
+    ``max_size`` bytes; with ``key`` ``None``, of any key whose JSON takes at most ``max_size``."""
+    head = len(_KEY_HEAD) + max_size if key is None else len(_key_head(key))
+    return head + _FRAME + max_size
 
 
 def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:

@@ -14,9 +14,10 @@ from typing import Any
 
 import platformdirs
 
+from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, locate, shard_folder
+from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, TooLarge, locate, shard_folder
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES
@@ -62,6 +63,8 @@ class FileStorage(Storage):
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
     :param ttl: seconds (or a ``timedelta``) after which a session that was neither read
         nor written reads as missing; :meth:`sweep` then removes its file.
+    :param max_size: the most bytes of JSON a session may take: a bigger one is refused,
+        and a file too big for one is set aside without being read (see :class:`Storage`).
 
     Files live in 256 shard folders. Each file records ``{"format": 1, "key": ...,
     "data": ...}``. Writes go to a temporary file that replaces the old one in one step,
@@ -81,6 +84,7 @@ class FileStorage(Storage):
         fsync: bool = False,
         lock_timeout: float | None = 10.0,
         ttl: float | timedelta | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         self.directory = Path(os.path.abspath(default_directory(app_name) if directory is None else directory))
         self.fsync = bool(fsync)
@@ -90,7 +94,7 @@ class FileStorage(Storage):
         stripes = FileStripes(
             self._lock_dir.path, lambda key: self._make(self._lock_dir, key), functools.partial(locate, self._dir)
         )
-        super().__init__(locks=stripes, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size)
+        super().__init__(locks=stripes, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size, max_size=max_size)
 
     def __repr__(self) -> str:
         return f"FileStorage({self._dir!r})"
@@ -174,9 +178,11 @@ class FileStorage(Storage):
     def _get(self, key: str) -> Stored | None:
         folder, name, _ = locate(self._dir, key)
         try:
-            stamp, raw = folder.read(name)
+            stamp, raw = folder.read(name, self._read_limit(key))
         except FileNotFoundError:
             return None
+        except TooLarge as exc:
+            raise Unreadable(self._too_large(exc.size)) from exc
         except (PermissionError, IsADirectoryError, ReadFailed) as exc:
             raise Unreadable(f"it cannot be read: {exc.strerror}") from exc
         except OSError as exc:
@@ -356,12 +362,15 @@ class FileStorage(Storage):
     def _key_of_hashed(self, folder: Folder, name: str) -> str | None:
         """The key recorded in a file named by its key's hash, if the file is that key's."""
         try:
-            _, raw = folder.read(name)
+            _, raw = folder.read(name, self._read_limit(None))
             key = decode_document(raw)[0]
         except FileNotFoundError:
             return None
-        except (OSError, BadDocument) as exc:
-            reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        except (OSError, BadDocument, TooLarge) as exc:
+            if isinstance(exc, TooLarge):
+                reason = self._too_large(exc.size)
+            else:
+                reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
             try:
                 where = self._move_file_aside(folder, name, None)

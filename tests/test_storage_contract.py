@@ -331,6 +331,24 @@ def test_a_storage_refuses_a_write_over_its_max_size_and_keeps_the_value(storage
     assert storage.read("k") == {"n": 1}
 
 
+def test_a_storage_told_not_to_set_aside_reports_a_corrupt_value_and_leaves_it_where_it_is(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage.write("k", {"n": 0})
+    assert storage.set_aside_corrupt  # by default a read moves it
+    storage.set_aside_corrupt = False  # as a backup reads
+    storage._put("k", b"{not json")
+    with caplog.at_level(logging.ERROR, logger="simplesession"):
+        assert storage.read("k") is None
+    [message] = errors_logged(caplog)
+    assert "'k'" in message
+    assert "left it" in message
+    assert storage._get("k") is not None  # still there
+    assert "k" in list(storage.keys())
+    storage.set_aside("k", "asked for")  # an explicit call moves it all the same
+    assert storage._get("k") is None
+
+
 # -- ttl and the sweep ---------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
 from ..errors import CorruptSessionError, LockTimeout, SessionDataError, StorageError
-from ..keys import key_bytes
+from ..keys import key_bytes, shown
 from .document import (
     BadDocument,
     Version,
@@ -98,6 +98,11 @@ class Storage(ABC):
         bigger value is refused on write with :class:`~simplesession.SessionDataError`, and
         a stored one is corrupt: it is set aside without being loaded, as the backends check
         the size first. So what any read costs in memory is bounded by it.
+
+    :ivar set_aside_corrupt: whether a read moves a corrupt value out of the way (the
+        default). Set it to ``False`` and a corrupt value is left where it is, the ERROR is
+        logged all the same and the key reads as missing: for tools that must not change
+        the store, such as a backup. :meth:`set_aside` moves it either way.
     """
 
     #: What kind of place it is, for messages ("files", "Redis").
@@ -106,6 +111,7 @@ class Storage(ABC):
     #: the backend's to pass on and a sweep only counts; else the idle clock is :meth:`_age`.
     expires_by_itself: ClassVar[bool] = False
     _fast: ClassVar[bool] = True
+    set_aside_corrupt: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -517,9 +523,8 @@ class Storage(ABC):
             what = f"cannot be stored: its key takes {key_size(key):,} bytes of JSON"
         else:
             return
-        shown = key if len(key) <= 40 else f"{key[:40]}…"
         raise SessionDataError(
-            f"session {shown!r} {what}, over the storage's max_size={self._max_size:,}; nothing was stored. "
+            f"session {shown(key)} {what}, over the storage's max_size={self._max_size:,}; nothing was stored. "
             "Keep sessions small, or give the storage a larger max_size",
             key=key,
         )
@@ -531,7 +536,11 @@ class Storage(ABC):
 
     def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
         """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``
-        (``None``: unreadable), since a writer may have put a good value there meanwhile."""
+        (``None``: unreadable), since a writer may have put a good value there meanwhile. With
+        ``check`` and not :attr:`set_aside_corrupt`, only report it."""
+        if check and not self.set_aside_corrupt:
+            self._log_left(key, reason, self.where(key))
+            return None
         with self.lock(key):  # no writer in flight can be undone (re-entry is free)
             if self._cache is not None:
                 self._cache.discard(key)
@@ -560,6 +569,11 @@ class Storage(ABC):
             key=key,
             path=exc.path,
         )
+
+    @staticmethod
+    def _log_left(key: str | None, reason: str, where: str) -> None:
+        whose = f"session {key!r}" if key is not None else "a session"
+        _log.error("%s: %s; left it at %s (set_aside_corrupt is off), so it reads as missing", whose, reason, where)
 
     def _log_set_aside(self, key: str | None, reason: str, where: str, source: str | None = None) -> None:
         whose = f"session {key!r}" if key is not None else "a session"

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .. import data
+from ..keys import shown
 
 Version = int | float
 """A schema version of session data: any int or float, compared numerically."""
@@ -111,12 +112,12 @@ def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Versi
     if doc.get("data") is None:
         raise BadDocument("it has no data")
     if key is not None and doc["key"] != key:
-        raise BadDocument(f"it holds the session of {doc['key']!r}, not of {key!r}")
+        raise BadDocument(f"it holds the session of {shown(doc['key'])}, not of {shown(key)}")
     if key is None and not doc["key"].isascii():
         try:
             doc["key"].encode("utf-8")
         except UnicodeEncodeError:
-            raise BadDocument(f"its key {doc['key']!r} is not valid Unicode (it has a lone surrogate)") from None
+            raise BadDocument(f"its key {shown(doc['key'])} is not valid Unicode (it has a lone surrogate)") from None
     version = doc.get("version")
     try:
         version = None if version is None else check_version(version)

@@ -372,6 +372,9 @@ class FileStorage(Storage):
             else:
                 reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
+            if not self.set_aside_corrupt:
+                self._log_left(None, reason, folder.file(name))
+                return None
             try:
                 where = self._move_file_aside(folder, name, None)
             except StorageError as error:

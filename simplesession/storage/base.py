@@ -64,10 +64,11 @@ class _Default(enum.Enum):
 _DEFAULT_TIMEOUT = _Default.TIMEOUT
 
 
-_Entry = tuple[Hashable, Any, "Version | None", bytes]
-# What the front cache holds for a key: (stamp, value, version, raw). ``raw`` is the value's
-# JSON, which spares the middleware encoding it again. A plain tuple, as one is made on every
-# read from the store and every write.
+_Entry = tuple[Hashable, Any, "Version | None", bytes, bool]
+# What the front cache holds for a key: (stamp, value, version, raw, settled). ``raw`` is the
+# value's JSON, which spares the middleware encoding it again. ``settled``: whether the stamp
+# alone proves the value current (see _settled); if not, a hit compares the stored bytes. A
+# plain tuple, as one is made on every read from the store and every write.
 
 
 class Storage(ABC):
@@ -139,6 +140,8 @@ class Storage(ABC):
         if cache_size != 0 and type(self)._stamp is Storage._stamp:
             raise TypeError(f"{type(self).__name__} has no cheap stamps, so it cannot keep a cache")
         self._cache = cache if cache_size != 0 else None
+        # Whether a stamp can be ambiguous: then each cached one notes when it was seen.
+        self._doubt = self._cache is not None and type(self)._settled is not Storage._settled
 
     @property
     def ttl(self) -> float | None:
@@ -367,9 +370,10 @@ class Storage(ABC):
         if len(raw) > self._max_size or len(key) > self._long_key:
             self._check_size(key, raw)
         if self._fast:
+            since = time.time_ns() if self._doubt else 0
             stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
             if self._cache is not None:
-                self._cache.put(key, (stamp, value, version, raw))
+                self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
         elif version is not None:
             self.write(key, value, version=version)
         else:
@@ -411,6 +415,13 @@ class Storage(ABC):
         """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache."""
         raise NotImplementedError
 
+    def _settled(self, stamp: Hashable, since: int) -> bool:
+        """Whether ``stamp`` can be no other stored version's, when it was the stored one as
+        the clock read ``since`` (``time.time_ns()``), or after. If not, a cache hit reads
+        the value again to compare it, until a read shows it is. By default stamps are never
+        reused; a backend whose stamps may be (file times) says when they cannot be."""
+        return True
+
     def _age(self, stamp: Hashable) -> float:
         """Seconds since the stored version with ``stamp`` was last used (written, or read and touched)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
@@ -439,11 +450,12 @@ class Storage(ABC):
         if type(key) is not str or not key.isascii():  # check_key, without a call on the hot path
             key_bytes(key)
         cache = self._cache
+        cached = None
         if cache is not None:
             entry = cache.get(key)
             if entry is not None:
                 stamp = self._stamp(key)
-                if stamp == entry[0]:
+                if stamp == entry[0] and entry[4]:
                     if self._idle_ttl is not None:
                         fresh = self._fresh(key, entry)
                         if fresh is None:
@@ -453,6 +465,8 @@ class Storage(ABC):
                 if stamp is None:
                     cache.discard(key)
                     return None
+                cached = entry  # replaced, or its stamp could be another file's: read and compare
+        since = time.time_ns() if self._doubt else 0
         try:
             stored = self._get(key)
         except Unreadable as exc:
@@ -463,6 +477,11 @@ class Storage(ABC):
                 cache.discard(key)
             return None
         document, stamp = stored
+        settled = not self._doubt or self._settled(stamp, since)
+        if cached is not None and data_json(document, key, cached[2]) == cached[3]:
+            entry = (stamp, cached[1], cached[2], cached[3], settled)  # the same bytes: no need to decode them
+            private = data.copy(cached[1]) if copy else None
+            return self._cached(key, entry, private)
         try:
             if len(document) > most_bytes(key, self._max_size):  # where the backend could not check it first
                 raise BadDocument(self._too_large(len(document)))
@@ -479,9 +498,12 @@ class Storage(ABC):
         except data.NotSessionData as exc:
             self._quarantine(key, f"its data cannot be a session: {exc}", stored)
             return None
-        entry = (stamp, value, version, raw)
-        if cache is not None:
-            cache.put(key, entry)
+        return self._cached(key, (stamp, value, version, raw, settled), private)
+
+    def _cached(self, key: str, entry: _Entry, private: Any) -> tuple[_Entry, Any] | None:
+        """``entry``, just read, put in the cache; ``None`` if its session has expired."""
+        if self._cache is not None:
+            self._cache.put(key, entry)
         if self._idle_ttl is not None:
             fresh = self._fresh(key, entry)
             if fresh is None:
@@ -498,9 +520,10 @@ class Storage(ABC):
         if age > ttl:
             return None
         if age > ttl * TOUCH_FRACTION:
+            since = time.time_ns() if self._doubt else 0
             stamp = self._touch(key, entry[0])
             if stamp is not None:
-                entry = (stamp, *entry[1:])
+                entry = (stamp, entry[1], entry[2], entry[3], not self._doubt or self._settled(stamp, since))
                 if self._cache is not None:
                     self._cache.put(key, entry)
         return entry
@@ -530,9 +553,10 @@ class Storage(ABC):
         )
 
     def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+        since = time.time_ns() if self._doubt else 0
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
-            self._cache.put(key, (stamp, value, version, raw))
+            self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
 
     def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
         """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``

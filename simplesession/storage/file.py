@@ -17,7 +17,7 @@ import platformdirs
 from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, TooLarge, locate, shard_folder
+from ._fs import LOCK_DIR, TEMP_PREFIX, Folder, ReadFailed, Stamp, TooLarge, locate, settled, shard_folder
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES
@@ -224,6 +224,13 @@ class FileStorage(Storage):
             raise self._error("delete", key, folder.file(name), exc) from exc
         if self.fsync:
             self._sync(folder, key)
+
+    def _settled(self, stamp: Any, since: int) -> bool:
+        # Coarse file times (whole seconds on ext2/3, HFS+, ext4 with small inodes) let a file
+        # written within the same second on a reused inode, and of the same size, look like
+        # the one cached: until its time is older than the file system's granularity allows,
+        # a hit reads the file again.
+        return settled(stamp[1], since)
 
     def _age(self, stamp: Any) -> float:
         return (time.time_ns() - stamp[1]) / 1e9  # type: ignore[no-any-return]

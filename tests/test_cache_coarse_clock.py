@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-import simplesession.storage.base as base_module
 import simplesession.storage.document as document_module
 from simplesession import FileStorage
 from simplesession.storage._fs import Folder, Stamp, settled
@@ -101,7 +100,7 @@ class Spy:
 
         monkeypatch.setattr(Folder, "read", counting_read)
         monkeypatch.setattr(Folder, "stamp", counting_stamp)
-        monkeypatch.setattr(base_module, "decode_document", counting_decode)
+        monkeypatch.setattr(document_module, "decode_document", counting_decode)
 
     def counts(self) -> tuple[int, int, int]:
         counts = self.stats, self.reads, self.decodes

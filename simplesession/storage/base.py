@@ -20,17 +20,18 @@ from typing import Any, ClassVar, Literal
 
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
-from ..errors import CorruptSessionError, LockTimeout, SessionDataError, StorageError
-from ..keys import key_bytes, shown
+from ..errors import CorruptSessionError, LockTimeout, StorageError
+from ..keys import key_bytes
 from .document import (
     BadDocument,
     Version,
+    check_size,
     check_version,
     data_json,
-    decode_document,
     document_of,
-    key_size,
     most_bytes,
+    session_of,
+    too_large,
 )
 from .locks import KeyLock, LockSpace
 from .values import (
@@ -198,7 +199,7 @@ class Storage(ABC):
         if version is not None:
             check_version(version)
         raw = data.encode(value)
-        self._check_size(key, raw)
+        check_size(key, raw, self._max_size)
         self._store(key, value, raw, version)
 
     def delete(self, key: str) -> None:
@@ -368,7 +369,7 @@ class Storage(ABC):
         """Store ``value``, a private copy that :func:`simplesession.data.check_copy` made and
         whose JSON is ``raw``, at ``version`` (through an overridden :meth:`write` if any)."""
         if len(raw) > self._max_size or len(key) > self._long_key:
-            self._check_size(key, raw)
+            check_size(key, raw, self._max_size)
         if self._fast:
             since = time.time_ns() if self._doubt else 0
             stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
@@ -483,20 +484,9 @@ class Storage(ABC):
             private = data.copy(cached[1]) if copy else None
             return self._cached(key, entry, private)
         try:
-            if len(document) > most_bytes(key, self._max_size):  # where the backend could not check it first
-                raise BadDocument(self._too_large(len(document)))
-            _, value, version = decode_document(document, key)
-            private = data.checked_copy(value)  # read by the rules of writing, as its caller's copy
-            raw = data_json(document, key, version)
-            if raw is None:  # not as a write makes it (a hand edit): its JSON is needed to measure it
-                raw = data.encode(value)
-            if len(raw) > self._max_size:
-                raise BadDocument(self._too_large(len(raw)))
+            value, private, version, raw = session_of(document, key, self._max_size)
         except BadDocument as exc:
             self._quarantine(key, str(exc), stored)
-            return None
-        except data.NotSessionData as exc:
-            self._quarantine(key, f"its data cannot be a session: {exc}", stored)
             return None
         return self._cached(key, (stamp, value, version, raw, settled), private)
 
@@ -536,21 +526,7 @@ class Storage(ABC):
 
     def _too_large(self, size: int) -> str:
         """Why a stored value of ``size`` bytes is corrupt here, for messages."""
-        return f"it takes {size:,} bytes, over what a session within max_size={self._max_size:,} can take"
-
-    def _check_size(self, key: str, raw: bytes) -> None:
-        """:class:`~simplesession.SessionDataError` if ``raw`` (the data's JSON) or ``key`` is over max_size."""
-        if len(raw) > self._max_size:
-            what = f"is {len(raw):,} bytes of JSON"
-        elif len(key) > self._long_key and key_size(key) > self._max_size:
-            what = f"cannot be stored: its key takes {key_size(key):,} bytes of JSON"
-        else:
-            return
-        raise SessionDataError(
-            f"session {shown(key)} {what}, over the storage's max_size={self._max_size:,}; nothing was stored. "
-            "Keep sessions small, or give the storage a larger max_size",
-            key=key,
-        )
+        return too_large(size, self._max_size)
 
     def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         since = time.time_ns() if self._doubt else 0
@@ -576,7 +552,7 @@ class Storage(ABC):
                 if now is None:
                     return None
                 if check and (found is None or now[0] != found[0]) and self._acceptable(now[0], key):
-                    return None
+                    return None  # replaced by a good value meanwhile
             try:
                 where = self._move_aside(key, now)
             except StorageError as exc:
@@ -626,12 +602,8 @@ class Storage(ABC):
 
     def _acceptable(self, document: bytes, key: str) -> bool:
         """Whether ``document`` is a session of ``key`` that a read would take."""
-        if len(document) > most_bytes(key, self._max_size):
-            return False
         try:
-            _, value, version = decode_document(document, key)
-            data.checked_copy(value)
-        except (BadDocument, data.NotSessionData):
+            session_of(document, key, self._max_size)
+        except BadDocument:
             return False
-        raw = data_json(document, key, version)
-        return len(raw if raw is not None else data.encode(value)) <= self._max_size
+        return True

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .. import data
+from ..errors import SessionDataError
 from ..keys import shown
 
 Version = int | float
@@ -21,6 +22,7 @@ __all__ = [
     "FORMAT",
     "BadDocument",
     "Version",
+    "check_size",
     "check_version",
     "data_json",
     "decode_document",
@@ -28,6 +30,8 @@ __all__ = [
     "encode_document",
     "key_size",
     "most_bytes",
+    "session_of",
+    "too_large",
 ]
 
 FORMAT = 1
@@ -97,6 +101,44 @@ def most_bytes(key: str | None, max_size: int) -> int:
     ``max_size`` bytes; with ``key`` ``None``, of any key whose JSON takes at most ``max_size``."""
     head = len(_KEY_HEAD) + max_size if key is None else len(_key_head(key))
     return head + _FRAME + max_size
+
+
+def too_large(size: int, max_size: int) -> str:
+    """Why a stored value of ``size`` bytes is corrupt under ``max_size``, for messages."""
+    return f"it takes {size:,} bytes, over what a session within max_size={max_size:,} can take"
+
+
+def check_size(key: str, raw: bytes, max_size: int) -> None:
+    """:class:`~simplesession.SessionDataError` if ``raw`` (the data's JSON) or ``key`` takes more than ``max_size``."""
+    if len(raw) > max_size:
+        what = f"is {len(raw):,} bytes of JSON"
+    elif key_size(key) > max_size:
+        what = f"cannot be stored: its key takes {key_size(key):,} bytes of JSON"
+    else:
+        return
+    raise SessionDataError(
+        f"session {shown(key)} {what}, over the storage's max_size={max_size:,}; nothing was stored. "
+        "Keep sessions small, or give the storage a larger max_size",
+        key=key,
+    )
+
+
+def session_of(document: bytes, key: str, max_size: int) -> tuple[Any, Any, Version | None, bytes]:
+    """``(value, a private copy of it, version, its JSON)`` of a document read for ``key``,
+    checked by the rules of writing: :class:`BadDocument` saying why it breaks them."""
+    if len(document) > most_bytes(key, max_size):
+        raise BadDocument(too_large(len(document), max_size))
+    _, value, version = decode_document(document, key)
+    try:
+        private = data.checked_copy(value)
+    except data.NotSessionData as exc:
+        raise BadDocument(f"its data cannot be a session: {exc}") from None
+    raw = data_json(document, key, version)
+    if raw is None:  # not as a write makes it (a hand edit): its JSON is needed to measure it
+        raw = data.encode(value)
+    if len(raw) > max_size:
+        raise BadDocument(too_large(len(raw), max_size))
+    return value, private, version, raw
 
 
 def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:

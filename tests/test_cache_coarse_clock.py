@@ -126,6 +126,17 @@ def test_on_coarse_times_a_fresh_file_is_compared_not_decoded_and_an_old_one_cos
     assert spy.counts() == (3, 0, 0)  # the hot path: one stat each, no read
 
 
+def test_on_nanosecond_times_a_hit_right_after_a_write_costs_one_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path)
+    spy = Spy(monkeypatch)
+    for n in range(50):  # its time is odd: the file system kept every digit, so no later file can share it
+        storage.write("k", {"n": n})
+        assert storage.read("k") == {"n": n}
+        assert spy.counts() == (1, 0, 0)
+
+
 def test_on_nanosecond_times_a_hit_on_an_old_file_costs_one_stat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

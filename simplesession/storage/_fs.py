@@ -181,8 +181,9 @@ class Folder:
                 while view:
                     view = view[os.write(fd, view) :]
                 # A mtime of nanosecond precision makes every version's stamp distinct, even
-                # when the inode number is reused within one clock tick.
-                now = time.time_ns()
+                # when the inode number is reused within one clock tick; an odd one shows
+                # whether the file system kept every digit of it (see settled).
+                now = time.time_ns() | 1
                 if _UTIME_FD:
                     os.utime(fd, ns=(now, now))
                 else:  # pragma: no cover - Windows

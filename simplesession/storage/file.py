@@ -237,7 +237,7 @@ class FileStorage(Storage):
 
     def _touch(self, key: str, stamp: Any) -> Stamp | None:
         folder, name, _ = locate(self._dir, key)
-        now = time.time_ns()
+        now = time.time_ns() | 1  # odd, as a write's (see Folder.replace)
         try:
             folder.set_times(name, now)
         except OSError as exc:

@@ -403,7 +403,9 @@ def session(
     :param validate: called with each loaded session; returns fixed data (or ``None`` to
         keep it), or raises: then the session is set aside, an ERROR logged, and the
         handler gets a fresh initial session.
-    :param max_size: the most bytes of JSON a session may take (``None``: no limit).
+    :param max_size: the most bytes of JSON a session may take; the storage's own
+        ``max_size`` holds too, so the smaller counts (``None``: only the storage's; no limit
+        for a storage of your own with no ``max_size``).
     :param sweep_interval: seconds between automatic sweeps of idle sessions and
         leftovers, run in small slices after updates (``None``: never).
     :param lazy: read the session only when the handler first touches ``ctx.session``.

@@ -2,7 +2,8 @@
 
 Run ``simplesession --help`` (or ``python -m simplesession --help``). Every failure is one
 line on stderr and a non-zero exit status: 1 when something went wrong, 2 for a usage
-error, 130 when interrupted.
+error, 130 when interrupted. A session that cannot be read is reported on a line of its own
+and the command goes on with the rest; then it ends with a summary line and status 1.
 """
 
 from __future__ import annotations
@@ -120,7 +121,13 @@ class Progress:
 
 class _LogHandler(logging.Handler):
     # The library logs a corrupt file it moved aside; show it as one line, not over a progress bar.
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.errors = 0  # sessions the library could not read (or other trouble it logged as errors)
+
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.errors += 1
         try:
             Progress.clear()
             sys.stderr.write(f"{PROG}: {record.getMessage()}\n")
@@ -153,6 +160,15 @@ def _existing(storage: Storage) -> Storage:
     if why is not None:
         raise CliError(f"no sessions at {storage.location} ({why}); use --dir or --app")
     return storage
+
+
+def _incomplete(command: str, errors: int) -> str:
+    """What it means for ``command`` that ``errors`` sessions could not be read (reported above)."""
+    count = f"{_plural(errors, 'session')} could not be read (see above)"
+    if command == "export":
+        verb = "is" if errors == 1 else "are"
+        return f"the export is incomplete: {count} and {verb} not in it; nothing in the store was changed"
+    return f"{count}; the others were done"
 
 
 def _missing(storage: Storage, key: str) -> CliError:
@@ -268,6 +284,8 @@ def _export(storage: Storage, write: Callable[[bytes], object]) -> int:
 
 def cmd_export(storage: Storage, args: argparse.Namespace) -> int:
     _existing(storage)
+    # A backup changes nothing: a corrupt session is reported and left where it is.
+    storage.set_aside_corrupt = False
     if args.file in (None, "-"):
         _export(storage, sys.stdout.buffer.write)
         return 0
@@ -307,7 +325,7 @@ def _parse_import(stream: IO[bytes], source: str) -> list[tuple[str, Any, Any]]:
             doc = data.decode(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise bad("not UTF-8 text") from None
-        except (ValueError, RecursionError) as error:
+        except ValueError as error:
             raise bad(f"not JSON ({error})") from None
         if type(doc) is not dict:
             raise bad(f"a JSON {type(doc).__name__}, not an object with key, version and data")
@@ -468,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status: int = args.func(_storage(args), args)
         sys.stdout.flush()
+        if handler.errors and status == 0:
+            print(f"{PROG}: error: {_incomplete(args.command, handler.errors)}", file=sys.stderr)
+            status = 1
         return status
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, as a tool killed by SIGPIPE would,

@@ -8,16 +8,32 @@ disk would differ from the one a cache handed out; refusing them keeps both the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
+import re
+import sys
 from typing import Any
 
 from .errors import SessionDataError
 
-__all__ = ["MAX_DEPTH", "NotSessionData", "check_copy", "checked_copy", "copy", "decode", "encode"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_DEPTH",
+    "NotSessionData",
+    "TooDeep",
+    "check_copy",
+    "checked_copy",
+    "copy",
+    "decode",
+    "encode",
+]
 
 _SCALARS = (bool, type(None))
 _CONTAINERS = (dict, list)
+DEFAULT_MAX_SIZE = 1 << 20
+"""Bytes of JSON a session's data may take by default (1 MiB), in a storage and in the middleware."""
 MAX_DEPTH = 256
 """How deeply dicts and lists may nest in a session: a fixed limit, so that what one caller
 could store, any other can read back, however deep its own stack."""
@@ -101,13 +117,47 @@ def encode(value: Any) -> bytes:
 
 
 def decode(raw: bytes | str) -> Any:
-    """The value of JSON text; ``ValueError`` if it is not strict JSON (NaN, say)."""
+    """The value of JSON text; ``ValueError`` if it is not strict JSON (NaN, say), or if it
+    nests more than one level beyond :data:`MAX_DEPTH` (a stored document, or a line of an
+    export, holds the data one level down)."""
     if not isinstance(raw, str):
         # What json.loads does with bytes, minus its encoding guess for the usual case: a
         # document that opens with "{" and a second byte that is not NUL is UTF-8.
         utf8 = raw[:1] == b"{" and raw[1:2] != b"\x00"
         raw = raw.decode("utf-8" if utf8 else json.detect_encoding(raw), "surrogatepass")
-    return _decoder.decode(raw)
+    # The C decoder recurses once per level, stopped only by the recursion limit: at the
+    # default limit it raises RecursionError long before the C stack runs out, but a program
+    # that raised the limit would crash on deep enough text. Then the depth is measured
+    # first, unless the text has too few brackets to be deep at all.
+    if (
+        sys.getrecursionlimit() > _DEFAULT_RECURSION_LIMIT
+        and raw.count("[") + raw.count("{") > _DECODE_DEPTH
+        and _nesting(raw) > _DECODE_DEPTH
+    ):
+        raise TooDeep(f"it nests more than {MAX_DEPTH} levels")
+    try:
+        return _decoder.decode(raw)
+    except RecursionError:
+        raise TooDeep(f"it nests more than {MAX_DEPTH} levels (too deeply to decode)") from None
+
+
+class TooDeep(ValueError):
+    """JSON text nests more deeply than session data may."""
+
+
+_DECODE_DEPTH = MAX_DEPTH + 1
+_DEFAULT_RECURSION_LIMIT = 1000
+_NOT_STRUCTURE = re.compile(r'[^"\[\]{}]+')
+_OPENS_CLOSES = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+
+
+def _nesting(text: str) -> int:
+    """How deeply the arrays and objects of JSON text nest, without parsing it (no recursion)."""
+    # Escaped backslashes and quotes first, so that every quote left opens or closes a
+    # string; then the brackets between quotes are the strings' own, and are dropped.
+    structure = _NOT_STRUCTURE.sub("", text.replace("\\\\", "").replace('\\"', ""))
+    brackets = "".join(structure.split('"')[::2]).encode("ascii").translate(_OPENS_CLOSES)
+    return max(itertools.accumulate(map(operator.sub, brackets, itertools.repeat(1))), default=0)
 
 
 def _reject_constant(name: str) -> Any:

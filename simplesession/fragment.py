@@ -10,9 +10,10 @@ from datetime import timedelta
 from typing import Any
 
 from .context import Context
+from .data import DEFAULT_MAX_SIZE
 from .errors import MigrationError, SessionDataError, SessionKeyError
 from .keys import key_bytes
-from .storage import FileStorage
+from .storage import FileStorage, Storage
 from .storage.document import Version
 from .storage.plain import PlainStorage, SessionStore, session_store
 from .storage.values import ttl_seconds
@@ -21,8 +22,6 @@ __all__ = ["DEFAULT_MAX_SIZE", "Fragment", "KeyFunction"]
 
 _log = logging.getLogger("simplesession.session")
 
-DEFAULT_MAX_SIZE = 1 << 20
-"""Bytes of JSON a session may take by default (1 MiB); a WARNING is logged above half."""
 
 KeyFunction = Callable[[Context], "str | None"]
 """``get_session_key``: the key of an update's session, or ``None`` for none."""
@@ -38,6 +37,7 @@ class Fragment:
         "lazy",
         "lock",
         "max_size",
+        "max_size_is_storages",
         "migrations",
         "name",
         "prefix",
@@ -79,7 +79,10 @@ class Fragment:
         self.initial = initial
         # The idle clock lives with the data (file times, Redis expiry), so ttl is the storage's.
         seconds = ttl_seconds(ttl)
-        self.storage: SessionStore = FileStorage(ttl=seconds) if storage is None else session_store(storage, where)
+        if storage is None:
+            # Other bots may share the default folder: it takes what any of them may store.
+            storage = FileStorage(ttl=seconds, max_size=max(max_size or 0, DEFAULT_MAX_SIZE))
+        self.storage: SessionStore = session_store(storage, where)
         self.storage.use_ttl(seconds, where)
         self.get_session_key = get_session_key
         # Fragments share the default folder, so each gets its own key space by default.
@@ -93,7 +96,11 @@ class Fragment:
                 f"RedisStorage), not {self.storage!r}; a storage of your own can migrate in its read()"
             )
         self.validate = validate
-        self.max_size = max_size
+        # A storage refuses what is over its own max_size: the middleware's limit is the smaller
+        # of the two, so that the error a handler meets names the limit that refused it.
+        own = storage.max_size if isinstance(storage, Storage) else None
+        self.max_size_is_storages = own is not None and (max_size is None or own < max_size)
+        self.max_size = own if self.max_size_is_storages else max_size
         self.lazy = bool(lazy)
         self.lock = self.storage.lock
 
@@ -151,9 +158,14 @@ class Fragment:
         if self.max_size is None or len(raw) <= self.max_size // 2:
             return
         if len(raw) > self.max_size:
+            whose, fix = (
+                ("the storage's ", "give the storage a larger max_size")
+                if self.max_size_is_storages
+                else ("", "raise max_size")
+            )
             raise SessionDataError(
-                f"session {key!r} is {len(raw):,} bytes of JSON, over max_size={self.max_size:,}; nothing "
-                "was stored. Keep sessions small (ids and settings, not histories), or raise max_size",
+                f"session {key!r} is {len(raw):,} bytes of JSON, over {whose}max_size={self.max_size:,}; nothing "
+                f"was stored. Keep sessions small (ids and settings, not histories), or {fix}",
                 key=key,
             )
         _log.warning("session %r is %s bytes, over half of max_size=%s", key, f"{len(raw):,}", f"{self.max_size:,}")
@@ -166,6 +178,11 @@ def _sorted_migrations(
         return []
     if not isinstance(migrations, Mapping):
         raise TypeError(f"{where}: migrations must be a dict of version: function, not {migrations!r}")
+    if not migrations:
+        # As grammY: an empty dict is a mistake (a lost list of steps), not "no migrations".
+        raise ValueError(
+            f"{where}: migrations={{}} is empty; give at least one {{version: function}}, or leave migrations out"
+        )
     for version, migration in migrations.items():
         if type(version) not in (int, float) or not math.isfinite(version):
             raise TypeError(

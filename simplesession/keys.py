@@ -18,7 +18,7 @@ import hashlib
 import re
 import zlib
 
-__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name", "place_key"]
+__all__ = ["MAX_STEM", "SUFFIX", "encode_key", "key_from_name", "place_key", "shown"]
 
 SUFFIX = ".json"
 MAX_STEM = 120  # + prefix and suffix stays under eCryptfs's 143-byte limit
@@ -67,6 +67,11 @@ def key_from_name(name: str) -> str | None:
         return None
     # Only the canonical spelling is ours: "k~61" would otherwise alias "ka".
     return key if encode_key(key)[1] == name else None
+
+
+def shown(key: str, most: int = 40) -> str:
+    """``repr(key)``, cut short after ``most`` characters, for messages about keys of any length."""
+    return repr(key) if len(key) <= most else f"{key[:most]!r}… ({len(key):,} characters)"
 
 
 def is_hashed_name(name: str) -> bool:

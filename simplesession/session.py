@@ -151,10 +151,13 @@ class _Slot:
             return (lambda: storage.delete(key)) if self._stored else None
         value = data.check_copy(self._value, key)
         raw = data.encode(value)
-        if raw == self._baseline and self._version == fragment.latest:
+        # Only a migration changes a session's version: a bot without migrations keeps the one
+        # stored, so that migrations added back later do not run again on it.
+        version = fragment.latest if fragment.migrations else self._version
+        if raw == self._baseline and self._version == version:
             return None
         fragment.check_size(key, raw)
-        return lambda: fragment.storage.write_for_session(key, value, raw, fragment.latest)
+        return lambda: fragment.storage.write_for_session(key, value, raw, version)
 
     def finish(self, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``), then release the lock."""
@@ -400,7 +403,9 @@ def session(
     :param validate: called with each loaded session; returns fixed data (or ``None`` to
         keep it), or raises: then the session is set aside, an ERROR logged, and the
         handler gets a fresh initial session.
-    :param max_size: the most bytes of JSON a session may take (``None``: no limit).
+    :param max_size: the most bytes of JSON a session may take; the storage's own
+        ``max_size`` holds too, so the smaller counts (``None``: only the storage's; no limit
+        for a storage of your own with no ``max_size``).
     :param sweep_interval: seconds between automatic sweeps of idle sessions and
         leftovers, run in small slices after updates (``None``: never).
     :param lazy: read the session only when the handler first touches ``ctx.session``.

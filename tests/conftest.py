@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hookstorage import HookStorage
@@ -45,24 +47,38 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 STORAGES = ["memory", "file", "file-nocache", "redis", "hooks"]
 
 
-def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest) -> Storage:
+def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest, **options: Any) -> Storage:
+    """A storage of ``kind`` (one of STORAGES) with the base's ``options`` (``max_size=``, ...)."""
     if kind == "redis":
-        return RedisStorage(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        return RedisStorage(url, prefix=prefix + directory.name + ":", **options)
     if kind == "memory":
-        return MemoryStorage()
+        return MemoryStorage(**options)
     if kind == "file":
-        return FileStorage(directory)
+        return FileStorage(directory, **options)
     if kind == "file-nocache":
-        return FileStorage(directory, cache_size=0)
+        return FileStorage(directory, cache_size=0, **options)
     if kind == "hooks":
-        return HookStorage()
+        return HookStorage(**options)
     raise ValueError(kind)
 
 
 @pytest.fixture(params=STORAGES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+def storage_kind(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def storage(storage_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """Every storage adapter, each on its own empty place."""
-    return make_storage(request.param, tmp_path / "sessions", request)
+    return make_storage(storage_kind, tmp_path / "sessions", request)
+
+
+@pytest.fixture
+def storage_with(storage_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Storage]:
+    """Makes a storage of every kind, with options (``max_size=``, ...), each on its own empty place."""
+    made = itertools.count()
+    return lambda **options: make_storage(storage_kind, tmp_path / f"with-{next(made)}", request, **options)
 
 
 def make_idle(storage: Storage, key: str, seconds: float) -> None:

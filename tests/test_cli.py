@@ -485,11 +485,12 @@ def test_show_of_a_corrupt_file_reports_it_moved_aside_without_crashing(folder: 
 def test_ls_reports_a_corrupt_file_and_lists_the_rest(folder: Path) -> None:
     FileStorage(folder).path(LONG_KEY).write_bytes(b"\x00garbage")
     result = cli("--dir", str(folder), "ls")
-    assert result.returncode == 0
+    assert result.returncode == 1  # the listing is incomplete
     assert result.stdout.splitlines() == sorted(set(SESSIONS) - {LONG_KEY})
-    [report] = result.stderr.splitlines()
+    [report, summary] = result.stderr.splitlines()
     assert "corrupt" in report
     assert report.startswith("simplesession: ")
+    assert summary == "simplesession: error: 1 session could not be read (see above); the others were done"
 
 
 @pytest.mark.parametrize("command", [["sweep"], ["stats"], ["export"]])

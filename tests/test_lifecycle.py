@@ -577,16 +577,17 @@ def test_session_over_half_max_size_logs_a_warning(tmp_path: Path, caplog: pytes
     assert any("over half of max_size" in r.getMessage() for r in caplog.records)
 
 
-def test_max_size_none_means_no_limit_and_bad_values_are_refused() -> None:
-    storage = MemoryStorage()
-    mw = session(initial=dict, storage=storage, max_size=None)
-
+def test_max_size_none_leaves_the_storages_limit_and_bad_values_are_refused() -> None:
     def grow(ctx: Context) -> None:
         ctx.session["notes"] = "x" * (2 << 20)
 
-    run(mw, grow)
+    with pytest.raises(SessionDataError, match=r"over the storage's max_size=1,048,576"):
+        run(session(initial=dict, storage=MemoryStorage(), max_size=None), grow)
+    storage = MemoryStorage(max_size=4 << 20)
+    run(session(initial=dict, storage=storage, max_size=None), grow)
     stored: Any = storage.read("42")
     assert len(stored["notes"]) == 2 << 20
+    run(session(initial=dict, storage=PlainStorage(), max_size=None), grow)  # a storage of your own: no limit
     for bad in (0, -1, 1.5, "1MB"):
         with pytest.raises(ValueError, match="max_size"):
             session(max_size=bad, storage=storage)  # type: ignore[arg-type]

@@ -319,6 +319,36 @@ def test_a_stored_value_that_breaks_the_rules_of_writing_is_set_aside_and_the_ke
     assert storage.read("k") == {"n": 2}
 
 
+def test_a_storage_refuses_a_write_over_its_max_size_and_keeps_the_value(storage: Storage) -> None:
+    assert storage.max_size == data.DEFAULT_MAX_SIZE
+    storage.write("k", {"n": 1})
+    with pytest.raises(SessionDataError, match=r"over the storage's max_size=1,048,576") as info:
+        storage.write("k", "x" * 100_000_000)
+    assert info.value.key == "k"
+    assert "nothing was stored" in str(info.value)
+    with pytest.raises(SessionDataError, match="max_size"):
+        storage.write_for_session("k", "x" * data.DEFAULT_MAX_SIZE, data.encode("x" * data.DEFAULT_MAX_SIZE), None)
+    assert storage.read("k") == {"n": 1}
+
+
+def test_a_storage_told_not_to_set_aside_reports_a_corrupt_value_and_leaves_it_where_it_is(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage.write("k", {"n": 0})
+    assert storage.set_aside_corrupt  # by default a read moves it
+    storage.set_aside_corrupt = False  # as a backup reads
+    storage._put("k", b"{not json")
+    with caplog.at_level(logging.ERROR, logger="simplesession"):
+        assert storage.read("k") is None
+    [message] = errors_logged(caplog)
+    assert "'k'" in message
+    assert "left it" in message
+    assert storage._get("k") is not None  # still there
+    assert "k" in list(storage.keys())
+    storage.set_aside("k", "asked for")  # an explicit call moves it all the same
+    assert storage._get("k") is None
+
+
 # -- ttl and the sweep ---------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "Store",
     "TooLarge",
     "flush_to_disk",
+    "settled",
 ]
 
 TEMP_PREFIX = ".tmp-"
@@ -560,8 +561,9 @@ def _replace(fd: int, name: str, data: bytes, fsync: bool, prefix: str) -> Stamp
             while view:
                 view = view[os.write(file, view) :]
             # A mtime of nanosecond precision makes every version's stamp distinct, even
-            # when the inode number is reused within one clock tick.
-            now = time.time_ns()
+            # when the inode number is reused within one clock tick; an odd one shows
+            # whether the file system kept every digit of it (see settled).
+            now = time.time_ns() | 1
             if _UTIME_FD:
                 os.utime(file, ns=(now, now))
             else:  # pragma: no cover - Windows
@@ -626,6 +628,35 @@ class TooLarge(ValueError):
         self.size = size
         self.limit = limit
         self.path = path
+
+
+COARSEST_NS = 2_000_000_000
+"""The coarsest file times met: FAT keeps even seconds; ext2/3, ext4 with 128-byte inodes, HFS+
+and many network file systems whole seconds."""
+
+
+def settled(mtime_ns: int, since_ns: int) -> bool:
+    """Whether a file of time ``mtime_ns``, seen in place when the clock read ``since_ns`` or
+    later, can be told by its stamp from any file that replaces it (git's test for "racily
+    clean" index entries).
+
+    A writer reads the clock, sets that time on its new file and renames it into place; the
+    file system keeps the time rounded down to its granularity. A later file can share the
+    stamp only if it gets the inode number of this one, so it is made after this one was
+    replaced: after ``since_ns``, and after ``mtime_ns``. Its time can still be ``mtime_ns``
+    if that is less than one grain old; the grain shows in the time itself: whole seconds
+    are taken to be as coarse as the coarsest file system's, a time that ends in ``k``
+    zeros (in ns) to be ``10**k`` ns coarse.
+    """
+    since_ns = max(since_ns, mtime_ns + 1)
+    if since_ns - mtime_ns >= COARSEST_NS:  # a file written long ago: decided at once
+        return True
+    if mtime_ns % 1_000_000_000 == 0:
+        return False
+    grain = 1
+    while mtime_ns % (grain * 10) == 0:  # at most 8 times: not whole seconds
+        grain *= 10
+    return mtime_ns + grain <= since_ns
 
 
 class Store:

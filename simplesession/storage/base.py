@@ -22,7 +22,17 @@ from .. import data
 from ..cache import Cache, LRUCache, MapCache
 from ..errors import CorruptSessionError, LockTimeout, StorageError
 from ..keys import key_bytes
-from .document import BadDocument, Version, check_version, data_json, decode_document, document_of
+from .document import (
+    BadDocument,
+    Version,
+    check_size,
+    check_version,
+    data_json,
+    document_of,
+    most_bytes,
+    session_of,
+    too_large,
+)
 from .locks import KeyLock, LockSpace
 from .values import (
     Figure,
@@ -35,6 +45,7 @@ from .values import (
     Unreadable,
     check_key,
     check_lock_timeout,
+    check_max_size,
     ttl_seconds,
 )
 
@@ -54,10 +65,11 @@ class _Default(enum.Enum):
 _DEFAULT_TIMEOUT = _Default.TIMEOUT
 
 
-_Entry = tuple[Hashable, Any, "Version | None", "bytes | None"]
-# What the front cache holds for a key: (stamp, value, version, raw). ``raw`` is the value's
-# JSON once known, which spares the middleware encoding it again. A plain tuple, as one is
-# made on every read from the store and every write.
+_Entry = tuple[Hashable, Any, "Version | None", bytes, bool]
+# What the front cache holds for a key: (stamp, value, version, raw, settled). ``raw`` is the
+# value's JSON, which spares the middleware encoding it again. ``settled``: whether the stamp
+# alone proves the value current (see _settled); if not, a hit compares the stored bytes. A
+# plain tuple, as one is made on every read from the store and every write.
 
 
 class Storage(ABC):
@@ -84,6 +96,15 @@ class Storage(ABC):
     :param cache_size: how many decoded sessions to keep in memory, validated by
         :meth:`_stamp` on each use (0: none; ``None``: all). Only for backends whose stamps
         are cheap.
+    :param max_size: the most bytes of JSON a session's data (and its key) may take. A
+        bigger value is refused on write with :class:`~simplesession.SessionDataError`, and
+        a stored one is corrupt: it is set aside without being loaded, as the backends check
+        the size first. So what any read costs in memory is bounded by it.
+
+    :ivar set_aside_corrupt: whether a read moves a corrupt value out of the way (the
+        default). Set it to ``False`` and a corrupt value is left where it is, the ERROR is
+        logged all the same and the key reads as missing: for tools that must not change
+        the store, such as a backup. :meth:`set_aside` moves it either way.
     """
 
     #: What kind of place it is, for messages ("files", "Redis").
@@ -92,6 +113,7 @@ class Storage(ABC):
     #: the backend's to pass on and a sweep only counts; else the idle clock is :meth:`_age`.
     expires_by_itself: ClassVar[bool] = False
     _fast: ClassVar[bool] = True
+    set_aside_corrupt: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -107,7 +129,11 @@ class Storage(ABC):
         ttl: float | timedelta | None = None,
         lock_timeout: float | None = 10.0,
         cache_size: int | None = 0,
+        max_size: int = data.DEFAULT_MAX_SIZE,
     ) -> None:
+        self._max_size = check_max_size(max_size)
+        # Keys this long may take more JSON than max_size (a character takes 6 bytes at most).
+        self._long_key = (max_size - 2) // 6
         self._locks = locks
         self.ttl = ttl_seconds(ttl)
         self.lock_timeout = lock_timeout
@@ -115,6 +141,8 @@ class Storage(ABC):
         if cache_size != 0 and type(self)._stamp is Storage._stamp:
             raise TypeError(f"{type(self).__name__} has no cheap stamps, so it cannot keep a cache")
         self._cache = cache if cache_size != 0 else None
+        # Whether a stamp can be ambiguous: then each cached one notes when it was seen.
+        self._doubt = self._cache is not None and type(self)._settled is not Storage._settled
 
     @property
     def ttl(self) -> float | None:
@@ -126,6 +154,11 @@ class Storage(ABC):
         self._ttl = ttl_seconds(ttl)
         # The idle clock is the backend's own unless the place expires sessions by itself.
         self._idle_ttl = None if self.expires_by_itself else self._ttl
+
+    @property
+    def max_size(self) -> int:
+        """The most bytes of JSON a session's data, or its key, may take in this storage."""
+        return self._max_size
 
     @property
     def lock_timeout(self) -> float | None:
@@ -165,7 +198,9 @@ class Storage(ABC):
             return
         if version is not None:
             check_version(version)
-        self._store(key, value, data.encode(value), version)
+        raw = data.encode(value)
+        check_size(key, raw, self._max_size)
+        self._store(key, value, raw, version)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
@@ -322,12 +357,8 @@ class Storage(ABC):
             got = self._fetch(key)
             if got is None:
                 return None
-            (stamp, stored, version, raw), value = got
-            if raw is None:
-                raw = data.encode(stored)
-                if self._cache is not None:
-                    self._cache.put(key, (stamp, stored, version, raw))
-            return value, version, raw
+            entry, value = got
+            return value, entry[2], entry[3]
         if versions:
             found = self.read_versioned(key)
             return None if found is None else (found[0], found[1], None)
@@ -337,10 +368,13 @@ class Storage(ABC):
     def write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         """Store ``value``, a private copy that :func:`simplesession.data.check_copy` made and
         whose JSON is ``raw``, at ``version`` (through an overridden :meth:`write` if any)."""
+        if len(raw) > self._max_size or len(key) > self._long_key:
+            check_size(key, raw, self._max_size)
         if self._fast:
+            since = time.time_ns() if self._doubt else 0
             stamp = self._put(key, document_of(key, raw, version))  # as _store, without a call on the hot path
             if self._cache is not None:
-                self._cache.put(key, (stamp, value, version, raw))
+                self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
         elif version is not None:
             self.write(key, value, version=version)
         else:
@@ -382,6 +416,13 @@ class Storage(ABC):
         """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache."""
         raise NotImplementedError
 
+    def _settled(self, stamp: Hashable, since: int) -> bool:
+        """Whether ``stamp`` can be no other stored version's, when it was the stored one as
+        the clock read ``since`` (``time.time_ns()``), or after. If not, a cache hit reads
+        the value again to compare it, until a read shows it is. By default stamps are never
+        reused; a backend whose stamps may be (file times) says when they cannot be."""
+        return True
+
     def _age(self, stamp: Hashable) -> float:
         """Seconds since the stored version with ``stamp`` was last used (written, or read and touched)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
@@ -410,11 +451,12 @@ class Storage(ABC):
         if type(key) is not str or not key.isascii():  # check_key, without a call on the hot path
             key_bytes(key)
         cache = self._cache
+        cached = None
         if cache is not None:
             entry = cache.get(key)
             if entry is not None:
                 stamp = self._stamp(key)
-                if stamp == entry[0]:
+                if stamp == entry[0] and entry[4]:
                     if self._idle_ttl is not None:
                         fresh = self._fresh(key, entry)
                         if fresh is None:
@@ -424,6 +466,8 @@ class Storage(ABC):
                 if stamp is None:
                     cache.discard(key)
                     return None
+                cached = entry  # replaced, or its stamp could be another file's: read and compare
+        since = time.time_ns() if self._doubt else 0
         try:
             stored = self._get(key)
         except Unreadable as exc:
@@ -434,18 +478,22 @@ class Storage(ABC):
                 cache.discard(key)
             return None
         document, stamp = stored
+        settled = not self._doubt or self._settled(stamp, since)
+        if cached is not None and data_json(document, key, cached[2]) == cached[3]:
+            entry = (stamp, cached[1], cached[2], cached[3], settled)  # the same bytes: no need to decode them
+            private = data.copy(cached[1]) if copy else None
+            return self._cached(key, entry, private)
         try:
-            _, value, version = decode_document(document, key)
-            private = data.checked_copy(value)  # read by the rules of writing, as its caller's copy
+            value, private, version, raw = session_of(document, key, self._max_size)
         except BadDocument as exc:
             self._quarantine(key, str(exc), stored)
             return None
-        except data.NotSessionData as exc:
-            self._quarantine(key, f"its data cannot be a session: {exc}", stored)
-            return None
-        entry = (stamp, value, version, data_json(document, key, version))
-        if cache is not None:
-            cache.put(key, entry)
+        return self._cached(key, (stamp, value, version, raw, settled), private)
+
+    def _cached(self, key: str, entry: _Entry, private: Any) -> tuple[_Entry, Any] | None:
+        """``entry``, just read, put in the cache; ``None`` if its session has expired."""
+        if self._cache is not None:
+            self._cache.put(key, entry)
         if self._idle_ttl is not None:
             fresh = self._fresh(key, entry)
             if fresh is None:
@@ -462,21 +510,37 @@ class Storage(ABC):
         if age > ttl:
             return None
         if age > ttl * TOUCH_FRACTION:
+            since = time.time_ns() if self._doubt else 0
             stamp = self._touch(key, entry[0])
             if stamp is not None:
-                entry = (stamp, *entry[1:])
+                entry = (stamp, entry[1], entry[2], entry[3], not self._doubt or self._settled(stamp, since))
                 if self._cache is not None:
                     self._cache.put(key, entry)
         return entry
 
+    def _read_limit(self, key: str | None) -> int:
+        """The most bytes a stored document of ``key`` (``None``: of any key) may take; a
+        backend that can tell a stored value's size before loading it raises :class:`Unreadable`
+        for a bigger one, with :meth:`_too_large` as the reason."""
+        return most_bytes(key, self._max_size)
+
+    def _too_large(self, size: int) -> str:
+        """Why a stored value of ``size`` bytes is corrupt here, for messages."""
+        return too_large(size, self._max_size)
+
     def _store(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
+        since = time.time_ns() if self._doubt else 0
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
-            self._cache.put(key, (stamp, value, version, raw))
+            self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
 
     def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
         """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``
-        (``None``: unreadable), since a writer may have put a good value there meanwhile."""
+        (``None``: unreadable), since a writer may have put a good value there meanwhile. With
+        ``check`` and not :attr:`set_aside_corrupt`, only report it."""
+        if check and not self.set_aside_corrupt:
+            self._log_left(key, reason, self.where(key))
+            return None
         with self.lock(key):  # no writer in flight can be undone (re-entry is free)
             if self._cache is not None:
                 self._cache.discard(key)
@@ -487,8 +551,8 @@ class Storage(ABC):
             else:
                 if now is None:
                     return None
-                if check and (found is None or now[0] != found[0]) and _decodes(now[0], key):
-                    return None
+                if check and (found is None or now[0] != found[0]) and self._acceptable(now[0], key):
+                    return None  # replaced by a good value meanwhile
             try:
                 where = self._move_aside(key, now)
             except StorageError as exc:
@@ -505,6 +569,11 @@ class Storage(ABC):
             key=key,
             path=exc.path,
         )
+
+    @staticmethod
+    def _log_left(key: str | None, reason: str, where: str) -> None:
+        whose = f"session {key!r}" if key is not None else "a session"
+        _log.error("%s: %s; left it at %s (set_aside_corrupt is off), so it reads as missing", whose, reason, where)
 
     def _log_set_aside(self, key: str | None, reason: str, where: str, source: str | None = None) -> None:
         whose = f"session {key!r}" if key is not None else "a session"
@@ -531,10 +600,10 @@ class Storage(ABC):
         except LockTimeout:
             return None
 
-
-def _decodes(document: bytes, key: str) -> bool:
-    try:
-        data.checked_copy(decode_document(document, key)[1])
-    except (BadDocument, data.NotSessionData):
-        return False
-    return True
+    def _acceptable(self, document: bytes, key: str) -> bool:
+        """Whether ``document`` is a session of ``key`` that a read would take."""
+        try:
+            session_of(document, key, self._max_size)
+        except BadDocument:
+            return False
+        return True

@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 from .. import data
+from ..errors import SessionDataError
+from ..keys import shown
 
 Version = int | float
 """A schema version of session data: any int or float, compared numerically."""
@@ -20,15 +22,21 @@ __all__ = [
     "FORMAT",
     "BadDocument",
     "Version",
+    "check_size",
     "check_version",
     "data_json",
     "decode_document",
     "document_of",
     "encode_document",
+    "key_size",
+    "most_bytes",
+    "session_of",
+    "too_large",
 ]
 
 FORMAT = 1
 """The format version written in every document as ``"format"``."""
+_KEY_HEAD = b'{"format":%d,"key":' % FORMAT
 
 
 class BadDocument(ValueError):
@@ -75,26 +83,83 @@ def _head(key: str, version: Version | None) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _key_head(key: str) -> bytes:
-    return b'{"format":%d,"key":%s' % (FORMAT, data.encode(key))
+    return _KEY_HEAD + data.encode(key)
+
+
+# Around the key's and the data's JSON: the longest version a document can record (an int
+# of 309 digits and a sign: check_version refuses ints beyond a float's range) and the rest.
+_FRAME = len(',"version":') + 310 + len(',"data":') + len("}\n")
+
+
+def key_size(key: str) -> int:
+    """Bytes of the JSON of ``key`` (a valid key), quotes included."""
+    return len(_key_head(key)) - len(_KEY_HEAD)
+
+
+def most_bytes(key: str | None, max_size: int) -> int:
+    """The most bytes a document of ``key`` can take when its data's JSON takes at most
+    ``max_size`` bytes; with ``key`` ``None``, of any key whose JSON takes at most ``max_size``."""
+    head = len(_KEY_HEAD) + max_size if key is None else len(_key_head(key))
+    return head + _FRAME + max_size
+
+
+def too_large(size: int, max_size: int) -> str:
+    """Why a stored value of ``size`` bytes is corrupt under ``max_size``, for messages."""
+    return f"it takes {size:,} bytes, over what a session within max_size={max_size:,} can take"
+
+
+def check_size(key: str, raw: bytes, max_size: int) -> None:
+    """:class:`~simplesession.SessionDataError` if ``raw`` (the data's JSON) or ``key`` takes more than ``max_size``."""
+    if len(raw) > max_size:
+        what = f"is {len(raw):,} bytes of JSON"
+    elif key_size(key) > max_size:
+        what = f"cannot be stored: its key takes {key_size(key):,} bytes of JSON"
+    else:
+        return
+    raise SessionDataError(
+        f"session {shown(key)} {what}, over the storage's max_size={max_size:,}; nothing was stored. "
+        "Keep sessions small, or give the storage a larger max_size",
+        key=key,
+    )
+
+
+def session_of(document: bytes, key: str, max_size: int) -> tuple[Any, Any, Version | None, bytes]:
+    """``(value, a private copy of it, version, its JSON)`` of a document read for ``key``,
+    checked by the rules of writing: :class:`BadDocument` saying why it breaks them."""
+    if len(document) > most_bytes(key, max_size):
+        raise BadDocument(too_large(len(document), max_size))
+    _, value, version = decode_document(document, key)
+    try:
+        private = data.checked_copy(value)
+    except data.NotSessionData as exc:
+        raise BadDocument(f"its data cannot be a session: {exc}") from None
+    raw = data_json(document, key, version)
+    if raw is None:  # not as a write makes it (a hand edit): its JSON is needed to measure it
+        raw = data.encode(value)
+    if len(raw) > max_size:
+        raise BadDocument(too_large(len(raw), max_size))
+    return value, private, version, raw
 
 
 def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:
     """``(key, data, version)`` of a document (whose key must be ``key``, if given)."""
     try:
         doc = data.decode(raw)
-    except (ValueError, RecursionError) as exc:
+    except data.TooDeep as exc:
+        raise BadDocument(str(exc)) from None
+    except ValueError as exc:
         raise BadDocument("it is empty" if not raw else f"it is not JSON ({exc})") from None
     if not (type(doc) is dict and doc.get("format") == FORMAT and type(doc.get("key")) is str):
         raise BadDocument("it is JSON but not a simplesession document")
     if doc.get("data") is None:
         raise BadDocument("it has no data")
     if key is not None and doc["key"] != key:
-        raise BadDocument(f"it holds the session of {doc['key']!r}, not of {key!r}")
+        raise BadDocument(f"it holds the session of {shown(doc['key'])}, not of {shown(key)}")
     if key is None and not doc["key"].isascii():
         try:
             doc["key"].encode("utf-8")
         except UnicodeEncodeError:
-            raise BadDocument(f"its key {doc['key']!r} is not valid Unicode (it has a lone surrogate)") from None
+            raise BadDocument(f"its key {shown(doc['key'])} is not valid Unicode (it has a lone surrogate)") from None
     version = doc.get("version")
     try:
         version = None if version is None else check_version(version)

@@ -14,10 +14,23 @@ from typing import Any
 
 import platformdirs
 
+from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
 from . import stripes
-from ._fs import CORRUPT_DIR, LOCK_DIR, TEMP_PREFIX, BadFolder, Folder, NotAFile, ReadFailed, Stamp, Store
+from ._fs import (
+    CORRUPT_DIR,
+    LOCK_DIR,
+    TEMP_PREFIX,
+    BadFolder,
+    Folder,
+    NotAFile,
+    ReadFailed,
+    Stamp,
+    Store,
+    TooLarge,
+    settled,
+)
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES, lasting
@@ -69,6 +82,8 @@ class FileStorage(Storage):
         :class:`~simplesession.StorageError` saying how to fix it, as such a user could
         forge sessions (the rule of OpenSSH's ``StrictModes``). Links inside the store are
         never followed, whatever this says.
+    :param max_size: the most bytes of JSON a session may take: a bigger one is refused,
+        and a file too big for one is set aside without being read (see :class:`Storage`).
 
     Files live in 256 shard folders. Each file records ``{"format": 1, "key": ...,
     "data": ...}``. Writes go to a temporary file that replaces the old one in one step,
@@ -101,6 +116,7 @@ class FileStorage(Storage):
         lock_timeout: float | None = 10.0,
         ttl: float | timedelta | None = None,
         trust_folder: bool = False,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         self.directory = Path(os.path.abspath(default_directory(app_name) if directory is None else directory))
         self.fsync = bool(fsync)
@@ -118,6 +134,7 @@ class FileStorage(Storage):
             ttl=ttl,
             lock_timeout=lock_timeout,
             cache_size=cache_size,
+            max_size=max_size,
         )
 
     def __repr__(self) -> str:
@@ -203,11 +220,13 @@ class FileStorage(Storage):
     def _get(self, key: str) -> Stored | None:
         folder, name, _ = self._places.get(key) or self._locate_new(key)
         try:
-            stamp, raw = folder.read(name)
+            stamp, raw = folder.read(name, self._read_limit(key))
         except FileNotFoundError:
             return None
         except NotAFile as exc:
             raise Unreadable(f"it is {exc.strerror}") from exc
+        except TooLarge as exc:
+            raise Unreadable(self._too_large(exc.size)) from exc
         except (PermissionError, IsADirectoryError, ReadFailed) as exc:
             raise Unreadable(f"it cannot be read: {exc.strerror}") from exc
         except OSError as exc:
@@ -257,12 +276,19 @@ class FileStorage(Storage):
         if self.fsync:
             self._sync(folder, key)
 
+    def _settled(self, stamp: Any, since: int) -> bool:
+        # Coarse file times (whole seconds on ext2/3, HFS+, ext4 with small inodes) let a file
+        # written within the same second on a reused inode, and of the same size, look like
+        # the one cached: until its time is older than the file system's granularity allows,
+        # a hit reads the file again.
+        return settled(stamp[1], since)
+
     def _age(self, stamp: Any) -> float:
         return (time.time_ns() - stamp[1]) / 1e9  # type: ignore[no-any-return]
 
     def _touch(self, key: str, stamp: Any) -> Stamp | None:
         folder, name, _ = self._places.get(key) or self._locate_new(key)
-        now = time.time_ns()
+        now = time.time_ns() | 1  # odd, as a write's (see Folder.replace)
         try:
             folder.set_times(name, now)
         except OSError as exc:
@@ -401,16 +427,21 @@ class FileStorage(Storage):
     def _key_of_hashed(self, folder: Folder, name: str) -> str | None:
         """The key recorded in a file named by its key's hash, if the file is that key's."""
         try:
-            _, raw = folder.read(name)
+            _, raw = folder.read(name, self._read_limit(None))
             key = decode_document(raw)[0]
         except FileNotFoundError:
             return None
-        except (OSError, BadDocument) as exc:
-            if isinstance(exc, NotAFile):
+        except (OSError, BadDocument, TooLarge) as exc:
+            if isinstance(exc, TooLarge):
+                reason = self._too_large(exc.size)
+            elif isinstance(exc, NotAFile):
                 reason = f"it is {exc.strerror}"
             else:
                 reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
+            if not self.set_aside_corrupt:
+                self._log_left(None, reason, folder.file(name))
+                return None
             try:
                 where = self._move_file_aside(folder, name, None)
             except StorageError as error:

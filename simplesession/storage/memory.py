@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, NamedTuple
 
+from ..data import DEFAULT_MAX_SIZE
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import InProcessLocks
@@ -33,6 +34,7 @@ class MemoryStorage(Storage):
         nor written reads as missing.
     :param lock_timeout: seconds :meth:`lock` waits before raising
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+    :param max_size: the most bytes of JSON a session may take (see :class:`Storage`).
 
     :ivar set_aside_values: what :meth:`set_aside` moved out of the way, by key (the data,
         or the stored bytes if they were not a session).
@@ -40,12 +42,18 @@ class MemoryStorage(Storage):
 
     kind = "memory"
 
-    def __init__(self, *, ttl: float | timedelta | None = None, lock_timeout: float | None = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float | timedelta | None = None,
+        lock_timeout: float | None = 10.0,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
         self.set_aside_values: dict[str, list[Any]] = {}
         self._items: dict[str, _Item] = {}
         self._mutex = threading.Lock()
         locks = InProcessLocks(f"memory:{id(self):x}")
-        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=None)
+        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=None, max_size=max_size)
 
     def __repr__(self) -> str:
         return f"MemoryStorage(<{len(self._items)} sessions>)"

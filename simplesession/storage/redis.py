@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import key_bytes
 from .base import Storage
@@ -34,16 +35,27 @@ _GLOB = re.compile(rb"([*?\[\]\\])")
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 # Moves KEYS[1] to KEYS[2] for good, but only if it still is what the caller saw (ARGV[1]:
-# 'same' = the string ARGV[2], 'other' = not a string, 'any'), so a good value that a writer
-# put there meanwhile stays.
+# 'same' = the string ARGV[2], 'other' = not a string of at most ARGV[2] bytes), so a good
+# value that a writer put there meanwhile stays.
 _SET_ASIDE = """
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'none' then return 0 end
 if ARGV[1] == 'same' and (kind ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[2]) then return 0 end
-if ARGV[1] == 'other' and kind == 'string' then return 0 end
+if ARGV[1] == 'other' and kind == 'string' and redis.call('STRLEN', KEYS[1]) <= tonumber(ARGV[2]) then
+  return 0
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('PERSIST', KEYS[2])
 return 1
+"""
+# A session's value in one round trip, but only if it takes at most ARGV[1] bytes: else its
+# size, so that a value too big for a session is never sent (nor its expiry renewed). With
+# ARGV[2], the expiry in ms, the read renews it.
+_READ = """
+local size = redis.call('STRLEN', KEYS[1])
+if size > tonumber(ARGV[1]) then return size end
+if ARGV[2] == '' then return redis.call('GET', KEYS[1]) end
+return redis.call('GETEX', KEYS[1], 'PX', ARGV[2])
 """
 
 
@@ -76,6 +88,8 @@ class RedisStorage(Storage):
     :param lock_expiry: seconds after which the lock of a holder that died frees itself. A live
         holder keeps its lock however long it takes: a daemon thread renews every lock the
         process holds each ``lock_expiry / 3`` seconds.
+    :param max_size: the most bytes of JSON a session may take: a bigger one is refused, and
+        a value too big for one is set aside without being fetched (see :class:`Storage`).
 
     Each value is the JSON document of a session file: ``{"format": 1, "key": ..., "data":
     ...}`` plus ``"version"`` when there is one. A value that is not such a document of its
@@ -94,6 +108,7 @@ class RedisStorage(Storage):
         ttl: float | timedelta | None = None,
         lock_timeout: float | None = 10.0,
         lock_expiry: float | timedelta = 30.0,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         try:
             import redis
@@ -124,7 +139,8 @@ class RedisStorage(Storage):
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._set_aside = client.register_script(_SET_ASIDE)
-        super().__init__(locks=_RedisLocks(self), ttl=ttl, lock_timeout=lock_timeout)
+        self._read = client.register_script(_READ)
+        super().__init__(locks=_RedisLocks(self), ttl=ttl, lock_timeout=lock_timeout, max_size=max_size)
 
     def __repr__(self) -> str:
         return f"RedisStorage({self.server!r}, prefix={self.prefix!r})"
@@ -189,16 +205,17 @@ class RedisStorage(Storage):
         return self._prefix + b"lock:" + key_bytes(key)
 
     def _get(self, key: str) -> Stored | None:
-        name = self._name(key)
         ttl = self.ttl
         try:
-            raw = self.client.get(name) if ttl is None else self.client.getex(name, px=_ms(ttl))
+            raw = self._read(keys=[self._name(key)], args=[self._read_limit(key), "" if ttl is None else _ms(ttl)])
         except self._failure as exc:
-            if str(exc).startswith("WRONGTYPE"):
+            if "WRONGTYPE" in str(exc):
                 raise Unreadable("it is not a string value") from None
             raise self._error("read", key, exc) from exc
         if raw is None:
             return None
+        if type(raw) is int:
+            raise Unreadable(self._too_large(raw))
         assert isinstance(raw, bytes)  # decode_responses=False
         return raw, None
 
@@ -247,7 +264,7 @@ class RedisStorage(Storage):
         # In one step on the server: only if the value still is what the caller found
         # (a string of those bytes, or for None something that is not a string).
         aside = self._prefix + b"aside:" + key_bytes(key) + f":{aside_suffix()}".encode()
-        what, raw = ("other", b"") if expected is None else ("same", expected[0])
+        what, raw = ("other", self._read_limit(key)) if expected is None else ("same", expected[0])
         try:
             moved = self._set_aside(keys=[self._name(key), aside], args=[what, raw])
         except self._failure as exc:

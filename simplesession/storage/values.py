@@ -24,6 +24,7 @@ __all__ = [
     "aside_suffix",
     "check_key",
     "check_lock_timeout",
+    "check_max_size",
     "ttl_seconds",
 ]
 
@@ -51,6 +52,13 @@ def check_lock_timeout(timeout: float | None) -> float | None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0):
         raise ValueError(f"lock_timeout must be a number of seconds >= 0 or None, not {timeout!r}")
     return timeout
+
+
+def check_max_size(max_size: int) -> int:
+    """``max_size`` if it is a number of bytes > 0, else ``ValueError``."""
+    if type(max_size) is not int or max_size <= 0:
+        raise ValueError(f"max_size must be a number of bytes > 0, not {max_size!r}")
+    return max_size
 
 
 def check_key(key: str) -> None:

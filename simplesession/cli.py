@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from . import data
+from . import __version__, data
 from .errors import SessionError
 from .keys import key_bytes
 from .storage import FileStorage, RedisStorage, Storage, StorageStats, default_directory
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Nightly cron sweep: 0 4 * * * simplesession --app mybot sweep --ttl 30d. "
         "Moving to Redis: simplesession --dir DIR export | simplesession --redis URL import",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dir", metavar="DIR", help="the sessions folder")
     where.add_argument(

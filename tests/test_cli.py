@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hookstorage import HookStorage
 
+import simplesession
 from simplesession import FileStorage, RedisStorage
 from simplesession import cli as cli_module
 from simplesession.cli import format_duration, parse_duration
@@ -439,6 +440,12 @@ def test_main_help_lists_the_commands_and_options() -> None:
     assert result.returncode == 0
     for word in ("--dir", "--app", "ls", "show", "rm", "path", "stats", "sweep", "export", "import"):
         assert word in result.stdout
+
+
+def test_version_prints_the_installed_version_and_needs_no_command() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"simplesession {simplesession.__version__}"
 
 
 def test_no_command_is_a_usage_error() -> None:

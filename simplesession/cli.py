@@ -391,30 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Moving to Redis: simplesession --dir DIR export | simplesession --redis URL import",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--dir", metavar="DIR", help="the sessions folder")
-    where.add_argument(
-        "--app",
-        metavar="NAME",
-        help="the sessions of app NAME, as FileStorage(app_name=NAME) finds them",
-    )
-    where.add_argument("--redis", metavar="URL", help="the sessions on a Redis server, e.g. redis://localhost:6379/0")
-    parser.add_argument(
-        "--trust-folder",
-        action="store_true",
-        help="use the sessions folder even if another user owns it or may write to it "
-        "(by default such a folder is refused, as that user could forge sessions)",
-    )
-    parser.add_argument(
-        "--prefix",
-        metavar="PREFIX",
-        help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:)",
-    )
+    _where_options(parser, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable[[Storage, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(func=func)
+        # Also after the command (``ls --dir X``); given nowhere there, the values before it stand.
+        _where_options(sub, argparse.SUPPRESS)
         return sub
 
     sub = command("ls", cmd_ls, "List every session key, sorted, one per line.")
@@ -453,6 +437,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options that say where the sessions are, on ``parser`` with ``default`` for each."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dir", metavar="DIR", default=default, help="the sessions folder")
+    where.add_argument(
+        "--app",
+        metavar="NAME",
+        default=default,
+        help="the sessions of app NAME, as FileStorage(app_name=NAME) finds them",
+    )
+    where.add_argument(
+        "--redis",
+        metavar="URL",
+        default=default,
+        help="the sessions on a Redis server, e.g. redis://localhost:6379/0",
+    )
+    parser.add_argument(
+        "--trust-folder",
+        action="store_true",
+        default=False if default is None else default,
+        help="use the sessions folder even if another user owns it or may write to it "
+        "(by default such a folder is refused, as that user could forge sessions)",
+    )
+    parser.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        default=default,
+        help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:)",
+    )
+
+
 def _storage(args: argparse.Namespace) -> Storage:
     if args.redis is not None:
         try:
@@ -471,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        given = [f"--{name}" for name in ("dir", "app", "redis") if getattr(args, name) is not None]
+        if len(given) > 1:  # one before the command and one after it, which the group cannot see
+            parser.error(f"argument {given[1]}: not allowed with argument {given[0]}")
         if args.prefix is not None and args.redis is None:
             parser.error("argument --prefix: only with --redis")
         if args.trust_folder and args.redis is not None:

@@ -460,6 +460,23 @@ def test_dir_and_app_together_are_a_usage_error(folder: Path) -> None:
     assert "not allowed with" in result.stderr
 
 
+def test_options_that_say_where_work_after_the_command_too(folder: Path) -> None:
+    before = cli("--dir", str(folder), "ls", "-l")
+    after = cli("ls", "-l", "--dir", str(folder))
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout
+    assert len(after.stdout.splitlines()) == len(SESSIONS)
+    shown = cli("show", "42", "--dir", str(folder))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"count": 3}
+
+
+def test_where_given_before_and_after_the_command_is_a_usage_error(folder: Path) -> None:
+    result = cli("--dir", str(folder), "ls", "--app", "mybot")
+    assert result.returncode == 2
+    assert "argument --app: not allowed with argument --dir" in result.stderr
+
+
 def test_app_finds_the_folder_that_file_storage_of_that_app_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIMPLESESSION_DIR")
     expected = Path(os.environ["XDG_DATA_HOME"]) / "mybot" / "sessions"

@@ -33,6 +33,8 @@ __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
 PROG = "simplesession"
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or seconds (3600)"
+# A century: longer is a slip of the keyboard, and far longer would overflow a float.
+_MAX_DURATION = 36525 * 86400
 
 
 class CliError(Exception):
@@ -43,13 +45,22 @@ def parse_duration(text: str) -> float:
     """Seconds in ``text`` (``30d``, ``1d12h``, ``3600``); ``ArgumentTypeError`` if not positive."""
     spec = text.strip().lower()
     if re.fullmatch(r"[0-9]+", spec):
-        seconds = float(spec)
+        parts = [(spec, "s")]
     elif re.fullmatch(r"([0-9]+[wdhms])+", spec):
-        seconds = float(sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)([wdhms])", spec)))
+        parts = re.findall(r"([0-9]+)([wdhms])", spec)
     elif re.fullmatch(r"-[0-9.wdhms]+", spec):
         raise argparse.ArgumentTypeError(f"{text!r} is negative; a duration must be positive ({_DURATION_HELP})")
     else:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration ({_DURATION_HELP})")
+    # Digits are counted first: int() refuses numerals of thousands of digits with a traceback.
+    too_long = any(len(n.lstrip("0")) > 12 for n, _ in parts)
+    total = 0 if too_long else sum(int(n) * _UNITS[unit] for n, unit in parts)
+    if too_long or total > _MAX_DURATION:
+        shown = repr(text) if len(text) <= 30 else f"{text[:20]!r}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(
+            f"{shown} is longer than a century; a duration must be 1s to {format_duration(_MAX_DURATION)}"
+        )
+    seconds = float(total)
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is zero; a duration must be positive ({_DURATION_HELP})")
     return seconds
@@ -261,7 +272,9 @@ def cmd_sweep(storage: Storage, args: argparse.Namespace) -> int:
     print(f"scanned {_plural(report.scanned, 'session')} in {storage.location}")
     if args.ttl is not None:
         print(f"{remove} {_plural(report.removed, 'session')} idle for more than {format_duration(args.ttl)}")
-        print(f"kept {_plural(report.in_use, 'idle session')} because an update is using it")
+        if report.in_use:
+            using = "an update is using it" if report.in_use == 1 else "updates are using them"
+            print(f"kept {_plural(report.in_use, 'idle session')} because {using}")
     print(f"{remove} {_plural(report.debris, 'leftover file')} (temp files of crashed writers, stray lock files)")
     print(f"{'would free' if args.dry_run else 'freed'} {_human(report.bytes_freed)}")
     return 0

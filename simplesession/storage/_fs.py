@@ -49,6 +49,7 @@ __all__ = [
     "Store",
     "TooLarge",
     "flush_to_disk",
+    "keepable",
     "settled",
 ]
 
@@ -283,7 +284,7 @@ class Folder:
             os.close(new)
             return True
         if self._parent is not None:
-            if _held >= _keepable():
+            if _held >= keepable(KEPT_FOLDERS):
                 return False
             _held += 1
         self._fd = new
@@ -330,13 +331,15 @@ def _nothing(fd: int) -> None:
     pass
 
 
-def _keepable() -> int:
+def keepable(cap: int) -> int:
+    """How many descriptors of one kind a process may keep open: ``cap``, and no more than a
+    quarter of its open-file limit, so that the bot has descriptors left for its own work."""
     if resource is None:  # pragma: no cover - Windows
-        return KEPT_FOLDERS
+        return cap
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
-        return KEPT_FOLDERS
-    return max(1, min(KEPT_FOLDERS, soft // 4))
+        return cap
+    return max(1, min(cap, soft // 4))
 
 
 def _make_path(path: str, fsync: bool) -> None:

@@ -38,13 +38,8 @@ from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
-try:
-    import resource
-except ImportError:  # pragma: no cover - Windows, whose C runtime allows thousands of descriptors
-    resource = None  # type: ignore[assignment]
-
 from ..errors import StorageError
-from ._fs import BadFolder, Folder, NotAFile
+from ._fs import BadFolder, Folder, NotAFile, keepable
 from .locks import Gate, LockSpace, lasting, lasting_gate, stripe_of
 
 __all__ = ["KEPT_DESCRIPTORS", "FileStripes", "lockless_cause", "lockless_holds"]
@@ -221,21 +216,12 @@ _kept_lock = threading.Lock()
 _kept_limit = KEPT_DESCRIPTORS
 
 
-def _keepable() -> int:
-    if resource is None:  # pragma: no cover - Windows
-        return KEPT_DESCRIPTORS
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return KEPT_DESCRIPTORS
-    return max(1, min(KEPT_DESCRIPTORS, soft // 4))
-
-
 def _opened(gate: _FileGate) -> None:
     """Count ``gate``'s new descriptor; past the limit, close the longest-kept idle ones."""
     global _kept_limit
     with _kept_lock:
         _kept[gate] = None
-        _kept_limit = _keepable()
+        _kept_limit = keepable(KEPT_DESCRIPTORS)
         excess = len(_kept) - _kept_limit
         if excess <= 0:
             return

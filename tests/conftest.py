@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botrunner import JOIN_TIMEOUT, Started
+from fakebotapi import FakeBotAPI
 from hookstorage import HookStorage
 from redisserver import redis_server
 
 from simplesession import FileStorage, MemoryStorage, RedisStorage, Storage
+from simplesession.bot import Bot
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +107,24 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
             time.sleep(0.01)
     else:
         raise TypeError(storage)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeBotAPI]:
+    with FakeBotAPI() as server:
+        yield server
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[[Bot], Started]]:
+    started: list[Started] = []
+
+    def start(bot: Bot) -> Started:
+        started.append(Started(bot))
+        return started[-1]
+
+    yield start
+    # A failed test must not leave a bot polling in the background.
+    for running in started:
+        running.bot.stop()
+        running.thread.join(JOIN_TIMEOUT)

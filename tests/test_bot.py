@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 import pytest
+from botrunner import JOIN_TIMEOUT, Started
 from fakebotapi import BOT_USER, FakeBotAPI
 
 from simplesession import context as context_module
@@ -23,7 +24,6 @@ from simplesession.context import Context, MessageSender
 from simplesession.errors import SessionError
 
 LOGGER = "simplesession.bot"
-JOIN_TIMEOUT = 10.0
 
 
 def message(text: str | None = "hi", chat_id: int = 7, user_id: int = 70, **fields: Any) -> dict[str, Any]:
@@ -45,48 +45,6 @@ INLINE_QUERY = {
     "update_id": 3,
     "inline_query": {"id": "i1", "from": {"id": 72, "is_bot": False, "first_name": "U"}, "query": "q", "offset": ""},
 }
-
-
-class Started:
-    """``bot.start()`` running in a thread; :meth:`join` asserts that it returned."""
-
-    def __init__(self, bot: Bot) -> None:
-        self.bot = bot
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="bot", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.bot.start()
-        except BaseException as error:
-            self.error = error
-
-    def join(self) -> BaseException | None:
-        self.thread.join(JOIN_TIMEOUT)
-        assert not self.thread.is_alive(), "start() did not return"
-        return self.error
-
-
-@pytest.fixture
-def api() -> Iterator[FakeBotAPI]:
-    with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-def run() -> Iterator[Callable[[Bot], Started]]:
-    started: list[Started] = []
-
-    def start(bot: Bot) -> Started:
-        started.append(Started(bot))
-        return started[-1]
-
-    yield start
-    # A failed test must not leave a bot polling in the background.
-    for running in started:
-        running.bot.stop()
-        running.thread.join(JOIN_TIMEOUT)
 
 
 def polling_bot(api: FakeBotAPI, **options: Any) -> Bot:

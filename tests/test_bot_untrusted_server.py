@@ -10,13 +10,13 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botrunner import JOIN_TIMEOUT, Started
 from fakebotapi import FakeBotAPI
-from test_bot import JOIN_TIMEOUT, Started
 
 from simplesession import bot as bot_module
 from simplesession.bot import Bot
@@ -25,26 +25,6 @@ from simplesession.context import Context
 
 # How much later than asked a wait may end, on a loaded machine.
 SLACK = 1.5
-
-
-@pytest.fixture
-def api() -> Iterator[FakeBotAPI]:
-    with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-def run() -> Iterator[Callable[[Bot], Started]]:
-    started: list[Started] = []
-
-    def start(bot: Bot) -> Started:
-        started.append(Started(bot))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.bot.stop()
-        running.thread.join(JOIN_TIMEOUT)
 
 
 def polling_bot(api: FakeBotAPI, **options: Any) -> Bot:

@@ -18,19 +18,8 @@ from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
 from . import stripes
-from ._fs import (
-    CORRUPT_DIR,
-    LOCK_DIR,
-    TEMP_PREFIX,
-    BadFolder,
-    Folder,
-    NotAFile,
-    ReadFailed,
-    Stamp,
-    Store,
-    TooLarge,
-    settled,
-)
+from ._folders import CORRUPT_DIR, LOCK_DIR, BadFolder, Folder, Store
+from ._fs import TEMP_PREFIX, NotAFile, ReadFailed, Stamp, TooLarge, settled
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES, lasting

@@ -17,7 +17,7 @@ import platformdirs
 from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from . import stripes
+from . import stripes, upkeep
 from ._folders import CORRUPT_DIR, LOCK_DIR, BadFolder, Folder, Store
 from ._fs import TEMP_PREFIX, NotAFile, ReadFailed, Stamp, TooLarge, settled
 from .base import Storage
@@ -429,14 +429,14 @@ class FileStorage(Storage):
                 reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
             if not self.set_aside_corrupt:
-                self._log_left(None, reason, folder.file(name))
+                upkeep.log_left(None, reason, folder.file(name))
                 return None
             try:
                 where = self._move_file_aside(folder, name, None)
             except StorageError as error:
-                raise self._cannot_set_aside(None, folder.file(name), reason, error) from error
+                raise upkeep.cannot_set_aside(None, folder.file(name), reason, error) from error
             if where is not None:
-                self._log_set_aside(None, reason, where, folder.file(name))
+                upkeep.log_set_aside(None, reason, folder.file(name), where)
             return None
         return key if encode_key(key) == (os.path.basename(folder.path), name) else None
 

@@ -124,7 +124,16 @@ class Folder:
 
     def stamp(self, name: str) -> Stamp:
         """The entry's stamp (a link's own: never one of a file elsewhere)."""
-        st = self._call(stat_at, name)
+        fd = self._fd
+        if fd >= 0:
+            # A cache hit costs this call and no other: made here, not through _call, as a
+            # Python frame costs about as much as the stat itself.
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = self._call(stat_at, name)  # the folder may have been made again: _call finds it
+        else:
+            st = self._call(stat_at, name)
         return st.st_ino, st.st_mtime_ns, st.st_size
 
     def set_times(self, name: str, ns: int) -> None:

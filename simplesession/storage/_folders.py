@@ -342,6 +342,8 @@ def _open_folder(name: str, parent: Folder | None, create: bool, fsync: bool, tr
         return -1
     except NotADirectoryError:
         raise _not_a_folder(name, at, path) from None
+    except PermissionError as exc:
+        raise _denied(path, exc) from None
     try:
         st = os.fstat(fd)
         if made:
@@ -383,6 +385,37 @@ def _not_a_folder(name: str, at: int | None, path: str) -> BadFolder:
         errno.ENOTDIR,
         f"{path} is not a folder where the store keeps one of its own: move it out of the store",
         path,
+    )
+
+
+def _denied(path: str, exc: OSError) -> BadFolder:
+    """Why the folder ``path`` could not be opened (``exc``): the first folder on its way that
+    this process may not enter, else the folder itself, which it may not list."""
+    blamed, verb = path, "list"
+    full = os.path.abspath(path)
+    ancestors = []
+    while os.path.dirname(full) != full:
+        full = os.path.dirname(full)
+        ancestors.append(full)
+    for folder in reversed(ancestors):
+        if not os.access(folder, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            blamed, verb = folder, "enter"
+            break
+    me = os.geteuid() if hasattr(os, "geteuid") else -1
+    try:
+        st = os.stat(blamed)
+    except OSError:
+        what, fix = "", f"give it back its permissions (chmod u+rwx {blamed})"
+    else:
+        what = f" (mode {stat.S_IMODE(st.st_mode):04o}, owned by {_user(st.st_uid)})"
+        if st.st_uid == me:
+            fix = f"give it back its permissions (chmod u+rwx {blamed})"
+        else:
+            fix = "run the bot as its owner, or have its owner let you in"
+    return BadFolder(
+        exc.errno,
+        f"{blamed}{what} does not let {_user(me)} {verb} it, so the store cannot be used: {fix}",
+        blamed,
     )
 
 
@@ -431,8 +464,9 @@ def _rename_into(to: int, fd: int, name: str, new_name: str) -> None:
 
 
 class BadFolder(OSError):
-    """Where a folder of the store belongs is something it must not use: a link, a file, or a
-    folder that another user controls. ``strerror`` says what and what to do."""
+    """Where a folder of the store belongs is something it must not or cannot use: a link, a
+    file, a folder that another user controls, or one this process may not open (then the
+    first folder on the way that keeps it out is named). ``strerror`` says what and what to do."""
 
 
 class Store:

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -144,9 +145,13 @@ class FileStorage(Storage):
         return str(self.path(key))
 
     def missing(self) -> str | None:
-        if not self.directory.exists():
+        try:
+            st = os.stat(self._dir)
+        except (FileNotFoundError, NotADirectoryError):
             return "it does not exist"
-        return None if self.directory.is_dir() else "it is not a directory"
+        except OSError:
+            return None  # there, but out of reach: the first use says which folder keeps it out, and why
+        return None if stat.S_ISDIR(st.st_mode) else "it is not a directory"
 
     def about(self) -> list[Figure]:
         return [Figure("directory", "directory", self._dir), Figure("corrupt_dir", None, self._corrupt_dir.path)]
@@ -480,7 +485,7 @@ def _make(folder: Folder, key: str | None, *, fsync: bool) -> None:
 
 
 def _error(action: str, key: str | None, path: str, exc: OSError, doing: str = "") -> StorageError:
-    whose = f"session {key!r}" if key is not None else "a session"
+    whose = f"session {key!r}" if key is not None else "the sessions" if action == "list" else "a session"
     if isinstance(exc, BadFolder):
         # The folder is what is wrong, and the error says what to do about it.
         error = StorageError(f"could not {action} {whose}: {exc.strerror}", key=key, path=exc.filename)

@@ -290,6 +290,13 @@ class FileStorage(Storage):
             return None
         return stamp[0], now, stamp[2]
 
+    def _set_used(self, key: str, used: float) -> None:
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
+        try:
+            folder.set_times(name, int(used * 1e9) | 1)  # odd, as a write's (see Folder.replace)
+        except OSError as exc:
+            raise self._error("set the idle clock of", key, folder.file(name), exc) from exc
+
     @staticmethod
     def _refuse_lockless(key: str, path: str, lock: str, action: str) -> None:
         gate = lasting.get(lock)

@@ -10,12 +10,13 @@ from urllib.parse import unquote, urlsplit
 from .base import Storage
 from .file import FileStorage
 
-__all__ = ["FORMS", "open_storage", "shown"]
+__all__ = ["FORMS", "kind_of", "open_storage", "shown"]
 
 FORMS = "file:DIR, file:///ABSOLUTE/DIR, redis://HOST:PORT/DB, rediss://..., unix:///SOCKET"
 """The names :func:`open_storage` takes, for messages."""
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_KINDS = {"file": "file", "redis": "redis", "rediss": "redis", "unix": "redis"}
 
 
 def open_storage(url: str, **options: Any) -> Storage:
@@ -29,16 +30,23 @@ def open_storage(url: str, **options: Any) -> Storage:
 
     ``ValueError`` for anything else, saying which forms work.
     """
+    kind = kind_of(url)
+    if kind == "file":
+        return FileStorage(_folder(url), **options)
+    from .redis import RedisStorage
+
+    return RedisStorage(url, **options)
+
+
+def kind_of(url: str) -> str:
+    """What kind of store ``url`` names: ``"file"`` or ``"redis"``; ``ValueError`` if none."""
     if not isinstance(url, str):
         raise TypeError(f"open_storage takes a URL string, not {type(url).__name__}")
     match = _SCHEME.match(url)
     scheme = match.group(1).lower() if match else ""
-    if scheme == "file":
-        return FileStorage(_folder(url), **options)
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisStorage
-
-        return RedisStorage(url, **options)
+    kind = _KINDS.get(scheme)
+    if kind is not None:
+        return kind
     if not scheme or len(scheme) == 1:  # a path, or a Windows drive letter
         raise ValueError(f"{shown(url)!r} names no kind of store: for a folder write file:{url} ({FORMS})")
     raise ValueError(f"{shown(url)!r}: no store is named {scheme}:... ({FORMS})")

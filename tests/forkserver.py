@@ -11,10 +11,11 @@ the interpreter's ending (threads joined, ``atexit``, streams flushed, exit stat
 by SIGINT after an unhandled ``KeyboardInterrupt``).
 
 What a fork cannot give is a fresh start of the interpreter: the package is not imported
-anew (imports are tested in fresh interpreters elsewhere), and what an interpreter reads
-from the environment at start-up is the server's. So a request whose environment differs
-from the server's in those variables runs in a fresh interpreter instead, as does every
-request where ``os.fork`` is missing.
+anew (imports are tested in fresh interpreters elsewhere), every process has the server's
+hash seed, and what an interpreter takes from the environment at start-up (``$PYTHON...``,
+the locale, the folders a relative ``$PYTHONPATH`` names from the working folder) is the
+server's. So a request that differs there runs in a fresh interpreter instead, as does
+every request where ``os.fork`` is missing. The server's own code is forkserver_child.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 # Where the server starts: where the tests started, so that it imports the package they import.
@@ -42,161 +44,9 @@ LAUNCH_DIR = os.getcwd()
 PRELOAD = ["simplesession", "simplesession.cli", "redis?"]
 START_TIMEOUT = 60.0
 
-SERVER = r"""
-import atexit, builtins, importlib.machinery, io, json, os, runpy, select, signal, socket, sys
-import threading, traceback, types
-
-for name in sys.argv[2:]:
-    try:
-        __import__(name.rstrip("?"))
-    except ImportError:
-        if not name.endswith("?"):
-            raise
-control = socket.socket(fileno=int(sys.argv[1]))
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_r, False)
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD wakes the loop
-templates = (sys.__stdin__, sys.__stdout__, sys.__stderr__)
-
-
-def stream(fd, template):
-    # As the interpreter makes sys.stdin, sys.stdout and sys.stderr (Python/pylifecycle.c).
-    reading = fd == 0
-    buffered = not template.write_through
-    binary = io.open(fd, "rb" if reading else "wb", buffering=-1 if buffered or reading else 0, closefd=False)
-    raw = binary.raw if hasattr(binary, "raw") else binary
-    text = io.TextIOWrapper(
-        binary,
-        encoding=template.encoding,
-        errors=template.errors,
-        newline="\n",
-        line_buffering=buffered and (raw.isatty() or fd == 2),
-        write_through=not buffered,
-    )
-    text.mode = "r" if reading else "w"
-    return text
-
-
-def run(request):
-    # In the forked child: become the process that ``python -c`` / ``python -m`` would be.
-    os.umask(request["umask"])
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    sys.stdin, sys.stdout, sys.stderr = (stream(fd, t) for fd, t in enumerate(templates))
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    main = types.ModuleType("__main__")
-    main.__dict__.update(__builtins__=builtins, __loader__=importlib.machinery.BuiltinImporter)
-    sys.modules["__main__"] = main
-    status, interrupted = 0, False
-    try:
-        option, *args = request["argv"]
-        if option == "-c":  # sys.path[0] as the interpreter sets it for each way of starting
-            sys.argv = ["-c", *args[1:]]
-            sys.path[0] = ""
-            exec(compile(args[0], "<string>", "exec"), main.__dict__)
-        elif option == "-m":
-            sys.argv = ["-m", *args[1:]]
-            sys.path[0] = os.getcwd()
-            runpy._run_module_as_main(args[0], alter_argv=True)
-        else:
-            sys.argv = [option, *args]
-            sys.path[0] = os.path.dirname(os.path.realpath(option))
-            loader = importlib.machinery.SourceFileLoader("__main__", option)
-            main.__dict__.update(__file__=option, __cached__=None, __loader__=loader)
-            with open(option, "rb") as script:
-                source = script.read()
-            exec(compile(source, option, "exec"), main.__dict__)
-    except SystemExit as stop:
-        if stop.code is None:
-            status = 0
-        elif isinstance(stop.code, int):
-            status = stop.code
-        else:
-            print(stop.code, file=sys.stderr)
-            status = 1
-    except BaseException as error:
-        sys.excepthook(type(error), error, error.__traceback__)
-        interrupted, status = isinstance(error, KeyboardInterrupt), 1
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for name in ("stdout", "stderr"):
-        try:
-            getattr(sys, name).flush()
-        except Exception as error:
-            print(f"Exception ignored on flushing sys.{name}: {error!r}", file=sys.__stderr__)
-            status = 120
-    if interrupted:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    os._exit(status & 0xFF)
-
-
-def serve():
-    replies = {}
-    while True:
-        try:
-            ready = select.select([control, wake_r], [], [])[0]
-        except InterruptedError:
-            continue
-        if wake_r in ready:
-            try:
-                while os.read(wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-            reap(replies)
-        if control not in ready:
-            continue
-        message, fds, _, _ = socket.recv_fds(control, 1, 4)
-        if not message:
-            return  # the tests are over
-        reply = socket.socket(fileno=fds[3])
-        chunks = []
-        while chunk := reply.recv(1 << 16):
-            chunks.append(chunk)
-        request = json.loads(b"".join(chunks))
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for target, fd in enumerate(fds[:3]):
-                    os.dup2(fd, target)
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # as Popen's close_fds
-                run(request)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(70)
-        for fd in fds[:3]:
-            os.close(fd)
-        reply.sendall(b"%d\n" % pid)
-        replies[pid] = reply
-        reap(replies)
-
-
-def reap(replies):
-    while replies:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        reply = replies.pop(pid, None)
-        if reply is not None:
-            try:
-                reply.sendall(b"%d\n" % status)
-            except OSError:
-                pass  # the test stopped waiting
-            reply.close()
-
-
-serve()
-"""
+# The server's code, run with -c as the tests' processes run theirs: sys.path[0] is then the
+# working folder, as it is for the tests (python -m pytest), not the folder of a script.
+SERVER = (Path(__file__).parent / "forkserver_child.py").read_text("utf-8")
 
 
 def _startup_variables(env: Mapping[str, str], cwd: str) -> dict[str, str]:

@@ -87,7 +87,7 @@ class FakeBotAPI:
             # The handshake happens in each request's thread, on its first read.
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeBotAPI", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name="FakeBotAPI", daemon=True
         )
 
     @property

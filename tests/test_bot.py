@@ -530,7 +530,7 @@ def test_stop_from_a_handler_leaves_later_updates_for_the_next_run(
 
 
 def test_stop_from_another_thread_returns_from_start(api: FakeBotAPI, run: Callable[[Bot], Started]) -> None:
-    bot = polling_bot(api)
+    bot = polling_bot(api, poll_timeout=0.1)  # stop() waits for the poll under way
     running = run(bot)
     api.wait_until(lambda: "getUpdates" in api.calls, what="getUpdates call")
     bot.stop()

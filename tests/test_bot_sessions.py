@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import start_python
+from helpers import fork_python
 
 from simplesession import Bot, Context, FileStorage, MemoryStorage, SessionMiddleware, multi_session, session
 
@@ -36,7 +36,7 @@ def count_update(n: int) -> dict[str, Any]:
 
 
 def test_threads_and_processes_counting_one_chat_lose_no_update(tmp_path: Path) -> None:
-    procs = [start_python(COUNT_BOT, str(tmp_path), "100", stderr=subprocess.PIPE) for _ in range(3)]
+    procs = [fork_python(COUNT_BOT, str(tmp_path), "100", stderr=subprocess.PIPE) for _ in range(3)]
 
     bot = Bot(output=io.StringIO())
     bot.use(session(initial=lambda: {"count": 0}, storage=FileStorage(tmp_path)))

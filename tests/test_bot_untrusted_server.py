@@ -25,10 +25,23 @@ from simplesession.context import Context
 
 # How much later than asked a wait may end, on a loaded machine.
 SLACK = 1.5
+# The runner's waits, short so that the many waits here take little time (each is a lower
+# bound the test checks; test_bot.py checks the defaults): the back-off runs RETRY, 2 x RETRY,
+# 4 x RETRY = MAX_RETRY, MAX_RETRY, ...
+RETRY, MAX_RETRY, MAX_SERVER_WAIT, POLL = 0.02, 0.08, 0.12, 0.2
+BACK_OFF = [RETRY, 2 * RETRY, MAX_RETRY, MAX_RETRY]
+# A server that sends one byte per TRICKLE, and a call deadline it cannot meet that way.
+TRICKLE, DEADLINE = 0.02, 0.2
 
 
 def polling_bot(api: FakeBotAPI, **options: Any) -> Bot:
-    options = {"poll_timeout": 0.5, "retry_delay": 0.05, "max_retry_delay": 0.2, "max_server_wait": 0.3, **options}
+    options = {
+        "poll_timeout": POLL,
+        "retry_delay": RETRY,
+        "max_retry_delay": MAX_RETRY,
+        "max_server_wait": MAX_SERVER_WAIT,
+        **options,
+    }
     return Bot(api.token, api_url=api.url, **options)
 
 
@@ -88,10 +101,10 @@ def test_a_wait_beyond_max_server_wait_is_cut_to_it_and_logged(
     assert run(bot).join() is None
     assert seen == [1]
     (waited,) = gaps(api)[:1]
-    assert 0.3 <= waited < 0.3 + SLACK
+    assert MAX_SERVER_WAIT <= waited < MAX_SERVER_WAIT + SLACK
     (warning,) = warnings(caplog)
-    assert f"retrying in 0.3 s, not the {shown} s the server asked for" in warning
-    assert "max_server_wait (0.3 s)" in warning
+    assert f"retrying in {MAX_SERVER_WAIT:g} s, not the {shown} s the server asked for" in warning
+    assert f"max_server_wait ({MAX_SERVER_WAIT:g} s)" in warning
 
 
 @pytest.mark.parametrize("retry_after", [0, -1, math.nan])
@@ -104,7 +117,7 @@ def test_a_wait_below_the_back_off_delay_gets_the_delay_and_polls_never_come_bac
     seen = handled_ids(bot, stop_at="after the waits")
     assert run(bot).join() is None
     assert seen == [1]
-    expected = [0.05, 0.1, 0.2, 0.2]
+    expected = BACK_OFF
     taken = gaps(api)[:4]
     assert all(want <= got < want + SLACK for want, got in zip(expected, taken, strict=True)), taken
     asked = "nan" if math.isnan(retry_after) else f"{retry_after:g}"
@@ -124,11 +137,11 @@ def test_a_retry_after_that_is_no_number_is_named_in_the_log_and_the_back_off_us
     assert run(bot).join() is None
     assert seen == [1]
     taken = gaps(api)[:2]
-    assert all(want <= got < want + SLACK for want, got in zip([0.05, 0.1], taken, strict=True)), taken
+    assert all(want <= got < want + SLACK for want, got in zip(BACK_OFF[:2], taken, strict=True)), taken
     logged = warnings(caplog)
     assert len(logged) == 2
     assert all("is not a number" in w for w in logged)
-    assert [w.rsplit("; ", 1)[1] for w in logged] == ["retrying in 0.05 s", "retrying in 0.1 s"]
+    assert [w.rsplit("; ", 1)[1] for w in logged] == [f"retrying in {want:g} s" for want in BACK_OFF[:2]]
 
 
 @pytest.mark.parametrize(
@@ -176,15 +189,17 @@ def test_a_server_replaying_old_and_repeated_updates_gets_each_handled_once_and_
     bot = polling_bot(api)
     seen = handled_ids(bot)
     running = run(bot)
-    time.sleep(0.7)
+    # Past the whole back-off: at its cap, then one more answer at the cap.
+    api.wait_until(lambda: len(api.polls) >= 6, what="six polls")
     bot.stop()
     assert running.join() is None
     assert seen == [1, 2, 3]
     assert offsets(api)[0] == 0
     assert set(offsets(api)[1:]) == {4}
-    # Every answer after the first brings nothing new: paced by the back-off, 0.05 s to 0.2 s.
-    assert 2 <= len(api.polls) <= 10
-    assert all(gap >= 0.05 for gap in gaps(api)[1:]), gaps(api)
+    # Every answer after the first brings nothing new: paced by the back-off, never in a spin.
+    assert 6 <= len(api.polls) <= 8  # stop() ends it after the poll under way
+    taken = gaps(api)[1:]
+    assert all(want <= got for want, got in zip(BACK_OFF + [MAX_RETRY] * 3, taken, strict=False)), taken
     logged = warnings(caplog)
     assert "getUpdates served 3 repeats within one answer; skipped them" in logged[0]
     # Each later answer: what was skipped, then the pause.
@@ -202,10 +217,10 @@ def test_a_server_that_answers_at_once_with_nothing_is_backed_off_not_polled_in_
     assert run(bot).join() is None
     assert seen == [1]
     taken = gaps(api)[:4]
-    assert all(want <= got < want + SLACK for want, got in zip([0.05, 0.1, 0.2, 0.2], taken, strict=True)), taken
+    assert all(want <= got < want + SLACK for want, got in zip(BACK_OFF, taken, strict=True)), taken
     logged = warnings(caplog)
     assert len(logged) == 4
-    assert all("brought nothing new after" in w and "of the 0.5 s it may wait" in w for w in logged), logged
+    assert all("brought nothing new after" in w and f"of the {POLL:g} s it may wait" in w for w in logged), logged
 
 
 def test_malformed_and_old_updates_are_logged_and_skipped_and_the_offset_never_goes_back(
@@ -286,7 +301,7 @@ def test_an_answer_that_is_no_bot_api_answer_is_logged_in_one_short_line_and_bac
     assert run(bot).join() is None
     assert seen == [1]
     taken = gaps(api)[:3]
-    assert all(want <= got < want + SLACK for want, got in zip([0.05, 0.1, 0.2], taken, strict=True)), taken
+    assert all(want <= got < want + SLACK for want, got in zip(BACK_OFF[:3], taken, strict=True)), taken
     logged = warnings(caplog)
     assert len(logged) == 3
     assert all("getUpdates failed" in w and "\n" not in w and len(w) < 500 for w in logged), logged
@@ -297,25 +312,25 @@ def test_an_answer_that_is_no_bot_api_answer_is_logged_in_one_short_line_and_bac
 
 @pytest.mark.parametrize("trickle_headers", [False, True], ids=["body", "headers-and-body"])
 def test_an_answer_trickled_byte_by_byte_fails_the_call_at_its_deadline(api: FakeBotAPI, trickle_headers: bool) -> None:
-    # Each byte comes well within the deadline; all of them would take 6 s.
-    api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=0.05, trickle_headers=trickle_headers)
+    # Each byte comes well within the deadline; all of them would take seconds.
+    api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=TRICKLE, trickle_headers=trickle_headers)
     started = time.monotonic()
     with pytest.raises(CallFailed, match="timed out"):
-        BotAPI(api.token, api.url).call("getUpdates", {"timeout": 0}, 0.5)
-    assert time.monotonic() - started < 0.5 + 0.5
+        BotAPI(api.token, api.url).call("getUpdates", {"timeout": 0}, DEADLINE)
+    assert time.monotonic() - started < DEADLINE + 0.5
 
 
 def test_a_poll_trickled_byte_by_byte_ends_at_poll_timeout_plus_the_margin_and_polling_goes_on(
     api: FakeBotAPI, run: Callable[[Bot], Started], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bot_module, "_POLL_MARGIN", 0.3)
-    api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=0.05)
+    monkeypatch.setattr(bot_module, "_POLL_MARGIN", 0.1)
+    api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=TRICKLE)
     api.push("after the trickle")
-    bot = polling_bot(api, poll_timeout=0.2)
+    bot = polling_bot(api, poll_timeout=0.1)
     seen = handled_ids(bot, stop_at="after the trickle")
     assert run(bot).join() is None
     assert seen == [1]
-    assert gaps(api)[0] < 0.2 + 0.3 + 0.05 + SLACK
+    assert gaps(api)[0] < 0.1 + 0.1 + RETRY + SLACK
     (warning,) = warnings(caplog)
     assert "getUpdates failed (timed out)" in warning
 
@@ -343,11 +358,11 @@ def test_calls_over_https_work_and_keep_the_whole_call_deadline(
         assert api.url.startswith("https://")
         bot_api = BotAPI(api.token, api.url)
         assert bot_api.call("getMe", {}, JOIN_TIMEOUT)["username"] == "FakeBot"
-        api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=0.05)
+        api.answer_next({"ok": True, "result": [], "pad": "x" * 100}, trickle=TRICKLE)
         started = time.monotonic()
         with pytest.raises(CallFailed, match="timed out"):
-            bot_api.call("getUpdates", {"timeout": 0}, 0.5)
-        assert time.monotonic() - started < 0.5 + 0.5
+            bot_api.call("getUpdates", {"timeout": 0}, DEADLINE)
+        assert time.monotonic() - started < DEADLINE + 0.5
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
@@ -377,4 +392,4 @@ def test_an_oversized_poll_is_logged_and_backed_off_and_polling_goes_on(
     assert seen == [1]
     (warning,) = warnings(caplog)
     assert f"longer than {MAX_ANSWER_BYTES} bytes" in warning
-    assert "retrying in 0.05 s" in warning
+    assert f"retrying in {RETRY:g} s" in warning

@@ -1,4 +1,6 @@
-"""The ``simplesession`` command line, run as a real process (``python -m simplesession``)."""
+"""The ``simplesession`` command line, run as a real process (``python -m simplesession``): forked
+from an interpreter that has the package imported (forkserver.py), and in a fresh interpreter where
+a test is about how the command starts (a terminal, a signal, a pipe between two commands)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import forkserver
 import pytest
 from hookstorage import HookStorage
 
@@ -34,17 +37,13 @@ DAY = 86400.0
 
 
 def cli(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a fresh interpreter with the test's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "simplesession", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        env=os.environ.copy(),
-        check=False,
-    )
+    """Run the command line in a process of its own, with the test's environment.
+
+    The process is forked from an interpreter that has the package imported (see
+    forkserver.py), which saves the import of a fresh one each time; the tests that start a
+    fresh ``python -m simplesession`` below keep that path covered.
+    """
+    return forkserver.run(["-m", "simplesession", *args], input=stdin, timeout=timeout, env=os.environ.copy())
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -15,7 +15,6 @@ import random
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import forkserver
 import pytest
-from helpers import run_python
+from helpers import run_forked
 
 from simplesession import Context, FileStorage, RedisStorage, session
 from simplesession.storage.file import CORRUPT_DIR, DEBRIS_AGE, TEMP_PREFIX
@@ -38,12 +38,9 @@ class Child:
     """A Python process whose stdout is read line by line, with a timeout on each line."""
 
     def __init__(self, code: str, *args: str, stderr: IO[bytes]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code), *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            bufsize=0,
-            env=os.environ.copy(),
+        # Forked from an interpreter that has the package imported: a real process, started at once.
+        self.process = forkserver.popen(
+            ["-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, stderr=stderr, env=os.environ.copy()
         )
         assert self.process.stdout is not None
         self._fd = self.process.stdout.fileno()
@@ -97,12 +94,13 @@ def age(path: Path, seconds: float) -> None:
 def documents(root: Path) -> dict[str, dict[str, Any]]:
     """Every session file's parsed document, by key: each must be whole, valid JSON."""
     found: dict[str, dict[str, Any]] = {}
+    storage = FileStorage(root)
     for path in root.rglob("*.json"):
         if CORRUPT_DIR in path.parts:
             continue
         doc = json.loads(path.read_bytes())
         assert doc["format"] == 1
-        assert FileStorage(root).path(doc["key"]) == path
+        assert storage.path(doc["key"]) == path
         found[doc["key"]] = doc
     assert not (root / CORRUPT_DIR).exists()
     return found
@@ -363,7 +361,7 @@ def test_sigkill_of_a_bot_holding_locks_frees_them_at_once_and_writes_nothing(
 
     assert {key: storage.path(key).read_bytes() for key in before} == before  # nothing was written
     assert list(root.rglob(f"{TEMP_PREFIX}*")) == []
-    result = run_python(IMPATIENT, str(root))
+    result = run_forked(IMPATIENT, str(root))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [{"n": 5}, {"n": 9}]
     fresh = FileStorage(root, cache_size=0)
@@ -416,7 +414,7 @@ def test_sigkill_of_a_bot_holding_a_redis_lock_writes_nothing_and_the_lock_frees
     assert child.kill() == -signal.SIGKILL
     assert storage.read("7") == {"n": 5}
     # The next process waits at most for the dead holder's lock to expire (with room to spare).
-    result = run_python(REDIS_NEXT, redis_url, redis_prefix, str(10 * lock_expiry))
+    result = run_forked(REDIS_NEXT, redis_url, redis_prefix, str(10 * lock_expiry))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "6\n"
     assert storage.read("7") == {"n": 6}

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import start_python
+from helpers import fork_python
 
 from simplesession import FileStorage, LockTimeout
 
@@ -32,7 +32,7 @@ INCREMENTER = """
 @pytest.mark.parametrize("cache_size", [1024, 0])
 def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cache_size: int) -> None:
     code = INCREMENTER.replace("FileStorage(sys.argv[1])", f"FileStorage(sys.argv[1], cache_size={cache_size})")
-    procs = [start_python(code, str(tmp_path), "250", stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [fork_python(code, str(tmp_path), "250", stderr=subprocess.PIPE) for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -42,7 +42,7 @@ def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cach
 def test_warm_cache_sees_other_process_writes_of_the_same_size(tmp_path: Path) -> None:
     # The other process writes twice per round, quickly, with values of one size: a freed
     # inode may be reused within one clock tick, and the cache must still notice.
-    writer = start_python(
+    writer = fork_python(
         """
         import sys
         from simplesession import FileStorage
@@ -74,7 +74,7 @@ def test_warm_cache_sees_other_process_writes_of_the_same_size(tmp_path: Path) -
 
 
 def test_lock_held_by_another_process_times_out_then_frees_on_exit(tmp_path: Path) -> None:
-    holder = start_python(
+    holder = fork_python(
         """
         import sys
         from simplesession import FileStorage
@@ -107,7 +107,7 @@ def test_lock_held_by_another_process_times_out_then_frees_on_exit(tmp_path: Pat
 
 
 def test_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path) -> None:
-    holder = start_python(
+    holder = fork_python(
         """
         import sys, time
         from simplesession import FileStorage
@@ -147,7 +147,7 @@ def test_sigkill_during_writes_leaves_old_or_new_value_never_torn(tmp_path: Path
     next_i = 0
     expected: dict[str, int] = {}
     for _round in range(12):
-        writer = start_python(WRITER, str(root), str(progress), str(next_i))
+        writer = fork_python(WRITER, str(root), str(progress), str(next_i))
         deadline = time.monotonic() + 30
         while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
             time.sleep(0.002)

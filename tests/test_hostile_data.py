@@ -47,7 +47,9 @@ def assert_reads_everywhere(storage: Storage, key: str, expected: Any) -> None:
         assert type(got) is type(expected)
 
 
+@functools.cache  # built once: a 100,000-level value costs more to build (and free) than to refuse
 def nested(depth: int, kind: str = "list") -> Any:
+    """A value ``depth`` levels deep; shared between the tests, so never to be changed."""
     value: Any = "bottom"
     for i in range(depth):
         value = [value] if kind == "list" else {f"level{i}": value}

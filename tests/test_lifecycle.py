@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PlainStorage, start_python
+from helpers import PlainStorage, fork_python
 
 import simplesession.storage.memory as memory_module
 from simplesession import (
@@ -326,13 +326,17 @@ BOT = """
     print(json.dumps(log))
 """
 
+# Sweeps until its stdin closes (the bot is done), at most a minute.
 SWEEPER = """
-    import sys, time
+    import sys, threading, time
     from simplesession import FileStorage
     storage = FileStorage(sys.argv[1])
-    deadline = time.monotonic() + float(sys.argv[2])
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    print("sweeping", flush=True)
+    deadline = time.monotonic() + 60
     removed = 0
-    while time.monotonic() < deadline:
+    while not done.is_set() and time.monotonic() < deadline:
         removed += storage.sweep(ttl=1.0).removed
     print(removed)
 """
@@ -345,8 +349,10 @@ def test_sweep_process_racing_a_bot_process_loses_no_live_session(tmp_path: Path
     for i in range(10):
         storage.write(str(100 + i), {"count": 5})
         age(storage.path(str(100 + i)), 10)
-    bot = start_python(BOT, str(tmp_path), "3", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sweeper = start_python(SWEEPER, str(tmp_path), "3.5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sweeper = fork_python(SWEEPER, str(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert sweeper.stdout is not None
+    assert sweeper.stdout.readline() == "sweeping\n"  # so the bot's whole run (2 x the ttl) races it
+    bot = fork_python(BOT, str(tmp_path), "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     bot_out, bot_err = bot.communicate(timeout=60)
     sweep_out, sweep_err = sweeper.communicate(timeout=60)
     assert bot.returncode == 0, bot_err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import full_path, run_python
+from helpers import full_path, run_forked, run_python
 
 from simplesession import FileStorage, LockTimeout
 from simplesession.storage import stripes
@@ -52,7 +52,7 @@ def keys_on_distinct_stripes(storage: FileStorage, count: int) -> list[str]:
 
 
 def state_of(root: Path, key: str) -> str:
-    return run_python(TRY_LOCK, str(root), key).stdout.strip()
+    return run_forked(TRY_LOCK, str(root), key).stdout.strip()
 
 
 def test_a_lock_file_is_opened_once_and_kept_between_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

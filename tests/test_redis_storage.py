@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import forkserver
 import pytest
 import redis
-from helpers import run_python, start_python
+from helpers import fork_python, run_python
 from redisserver import free_port
 from test_file_storage import HOSTILE_KEYS
 
@@ -75,8 +76,8 @@ def names(client: redis.Redis, pattern: str) -> list[bytes]:
     return sorted({bytes(name) for name in client.scan_iter(match=pattern)})  # SCAN may return a key twice
 
 
-def start_holder(redis_url: str, prefix: str, lock_expiry: float) -> subprocess.Popen[str]:
-    holder = start_python(
+def start_holder(redis_url: str, prefix: str, lock_expiry: float) -> forkserver.Process:
+    holder = fork_python(
         HOLDER,
         redis_url,
         prefix,
@@ -95,7 +96,7 @@ def start_holder(redis_url: str, prefix: str, lock_expiry: float) -> subprocess.
     return holder
 
 
-def stop(process: subprocess.Popen[str]) -> None:
+def stop(process: forkserver.Process) -> None:
     if process.poll() is None:
         process.kill()
     process.communicate(timeout=30)
@@ -285,7 +286,7 @@ def test_value_that_cannot_be_set_aside_is_a_corrupt_session_error(
 
 def test_three_processes_of_locked_increments_lose_no_update(redis_url: str, redis_prefix: str) -> None:
     procs = [
-        start_python(INCREMENTER, redis_url, redis_prefix, "150", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fork_python(INCREMENTER, redis_url, redis_prefix, "150", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(3)
     ]
     try:

@@ -16,22 +16,25 @@ the session it left. There is no global clock; the per-chat history is rebuilt f
   is exactly its result; if every write was followed by a reset, nothing is stored.
 
 On files a seventh process sweeps all the while with a ttl that live chats never reach,
-and pre-aged dead sessions must all be gone at the end. ``SIMPLESESSION_SOAK_SECONDS``
-sets how long the bots run (default a few seconds per storage); ``-m soak`` selects it.
+and pre-aged dead sessions must all be gone at the end. All processes start up first and
+then begin together, so the whole run is contended. ``SIMPLESESSION_SOAK_SECONDS`` sets how
+long the bots run (default 1.5 s per storage: a few thousand updates, dozens per chat; set
+it to minutes for a real soak); ``-m soak`` selects it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forkserver
 import pytest
 
 from simplesession import FileStorage, RedisStorage, Storage
@@ -39,7 +42,8 @@ from simplesession.storage.file import DEBRIS_AGE, TEMP_PREFIX
 
 pytestmark = [pytest.mark.soak, pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes")]
 
-SECONDS = float(os.environ.get("SIMPLESESSION_SOAK_SECONDS", "5"))
+SECONDS = float(os.environ.get("SIMPLESESSION_SOAK_SECONDS", "1.5"))
+READY_TIMEOUT = 60.0
 BOTS = 6
 CHATS = 50
 DEAD = 40
@@ -84,6 +88,9 @@ BOT = """
 
     rng = random.Random(index)
     ops = ["inc"] * 8 + ["append"] * 5 + ["read"] * 5 + ["reset"] * 2
+    # All start together once every process is up, so the whole run is contended.
+    print("ready", flush=True)
+    sys.stdin.readline()
     deadline = time.monotonic() + seconds
     n = 0
     while time.monotonic() < deadline:
@@ -100,6 +107,8 @@ SWEEPER = """
     from simplesession import FileStorage
 
     storage = FileStorage(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
     deadline, ttl = time.monotonic() + float(sys.argv[2]), float(sys.argv[3])
     passes = removed = in_use = 0
     while time.monotonic() < deadline:
@@ -111,14 +120,30 @@ SWEEPER = """
 """
 
 
-def start(code: str, *args: str, stdout: Any = subprocess.DEVNULL, stderr: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=stdout,
+def start(code: str, *args: str, stderr: Any) -> forkserver.Process:
+    # Forked from an interpreter that has the package imported: real processes, started at once.
+    return forkserver.popen(
+        ["-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
         env=os.environ.copy(),
     )
+
+
+def start_together(processes: list[forkserver.Process]) -> None:
+    """Wait until each process says it is ready, then tell them all to go."""
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdin is not None
+        ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
+        assert ready, f"a process was not ready within {READY_TIMEOUT} s"
+        assert process.stdout.readline() == "ready\n", "a process ended before it was ready"
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.close()
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -195,20 +220,24 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
         ]
         sweeper = None
         if kind == "file":
-            sweeper = start(SWEEPER, where, str(SECONDS + 1), str(TTL), stdout=subprocess.PIPE, stderr=errors)
+            sweeper = start(SWEEPER, where, str(SECONDS + 0.5), str(TTL), stderr=errors)
+        processes = [*bots, *([sweeper] if sweeper else [])]
         try:
-            for bot in bots:
-                assert bot.wait(SECONDS + 120) == 0
-            sweep_out = sweeper.communicate(timeout=SECONDS + 120)[0] if sweeper is not None else None
+            start_together(processes)
+            for process in processes:
+                assert process.wait(SECONDS + 120) == 0
+            # Its one line of output fits in the pipe, so it could not stall on it.
+            sweep_out = sweeper.stdout.read() if sweeper is not None and sweeper.stdout else None
         finally:
-            for process in [*bots, *([sweeper] if sweeper else [])]:
+            for process in processes:
                 if process.poll() is None:
                     process.kill()
                     process.wait(30)
+                if process.stdout is not None:
+                    process.stdout.close()
         errors.seek(0)
         assert errors.read() == ""
     if sweeper is not None:
-        assert sweeper.returncode == 0
         assert json.loads(sweep_out or "")["passes"] >= 1
 
     by_chat: dict[int, list[dict[str, Any]]] = {chat: [] for chat in range(CHATS)}

@@ -323,7 +323,7 @@ def test_a_storage_refuses_a_write_over_its_max_size_and_keeps_the_value(storage
     assert storage.max_size == data.DEFAULT_MAX_SIZE
     storage.write("k", {"n": 1})
     with pytest.raises(SessionDataError, match=r"over the storage's max_size=1,048,576") as info:
-        storage.write("k", "x" * 100_000_000)
+        storage.write("k", "x" * 2 * data.DEFAULT_MAX_SIZE)
     assert info.value.key == "k"
     assert "nothing was stored" in str(info.value)
     with pytest.raises(SessionDataError, match="max_size"):

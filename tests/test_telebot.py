@@ -194,6 +194,7 @@ def test_forty_rapid_counts_of_one_chat_on_two_workers_lose_no_update(tmp_path: 
         sent = api.wait_for_sent(40, timeout=30)
     finally:
         bot.stop_bot()
+        api.close()  # answers the poll under way at once, so that polling stops now
         polling.join(JOIN_TIMEOUT)
     assert not polling.is_alive(), "polling did not stop"
     assert sorted(int(message["text"]) for message in sent) == list(range(1, 41))

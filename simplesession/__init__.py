@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .context import Context
 from .errors import (
     CorruptSessionError,
+    LockLost,
     LockTimeout,
     MigrationError,
     SessionDataError,
@@ -27,6 +28,7 @@ __all__ = [
     "Context",
     "CorruptSessionError",
     "FileStorage",
+    "LockLost",
     "LockTimeout",
     "MemoryStorage",
     "MigrationError",

@@ -99,7 +99,7 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
         # Redis's idle clock is the key's expiry: what is left of the ttl.
         assert storage.ttl is not None
         left = storage.ttl - seconds
-        name = f"{storage.prefix}s:{key}".encode()
+        name = storage._name(key)
         if left > 0:
             storage.client.pexpire(name, int(left * 1000))
         else:

@@ -9,10 +9,12 @@ that fences them and the value read with the lock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .locks import Gate, LockSpace
@@ -80,7 +82,7 @@ class RedisLocks(LockSpace):
         return f"lock {storage._lock_name(key).decode('utf-8', 'replace')} on {storage.server}", storage.server
 
     def try_lock(self, gate: Gate, key: str) -> bool:
-        storage, token = self.storage, os.urandom(16).hex().encode()
+        storage, token = self.storage, b"%s%x" % (_tokens[0], next(_tokens[1]))
         limit, ttl = storage._read_limit(key), storage.ttl
         found = storage._lock_and_read(key, token, limit, ttl)
         if found is None:
@@ -100,32 +102,42 @@ class RedisLocks(LockSpace):
 class _Watchdog:
     """A daemon thread that renews each lock this process holds every third of its expiry."""
 
+    # Idle, the thread looks in this often, so that a lock taken then needs no wake-up: waking
+    # a thread on every update would cost each update a switch of the GIL.
+    IDLE_WAIT = 1.0
+
     def __init__(self) -> None:
         self._wake = threading.Condition(threading.Lock())
         self._due: dict[Gate, tuple[float, RedisStorage, str, bytes]] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0  # when the thread looks next, at the latest
 
     def watch(self, gate: Gate, storage: RedisStorage, key: str, token: bytes) -> None:
-        with self._wake:
-            self._due[gate] = (time.monotonic() + storage.lock_expiry / 3, storage, key, token)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="simplesession-redis-locks", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+        # One item set or popped is atomic: the usual update takes no lock here.
+        at = time.monotonic() + storage.lock_expiry / 3
+        self._due[gate] = (at, storage, key, token)
+        if self._thread is None or at < self._wakes_at:
+            with self._wake:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="simplesession-redis-locks", daemon=True)
+                    self._thread.start()
+                self._wake.notify()
 
     def forget(self, gate: Gate) -> None:
-        with self._wake:
-            self._due.pop(gate, None)
+        self._due.pop(gate, None)
 
     def _run(self) -> None:
         while True:
             with self._wake:
                 now = time.monotonic()
                 due = [
-                    (gate, storage, key, token) for gate, (at, storage, key, token) in self._due.items() if at <= now
+                    (gate, storage, key, token)
+                    for gate, (at, storage, key, token) in list(self._due.items())
+                    if at <= now
                 ]
                 if not due:
-                    self._wake.wait(min((held[0] for held in self._due.values()), default=now + 60) - now)
+                    self._wakes_at = min((held[0] for held in self._due.values()), default=now + self.IDLE_WAIT)
+                    self._wake.wait(self._wakes_at - now)
                     continue
                 for gate, storage, key, token in due:
                     self._due[gate] = (now + storage.lock_expiry / 3, storage, key, token)
@@ -138,19 +150,28 @@ class _Watchdog:
                     )
                     continue
                 if not kept:  # lost, or released meanwhile; the write-back or the release reports a loss
-                    with self._wake:
-                        held = self._due.get(gate)
-                        if held is not None and held[3] == token:
-                            del self._due[gate]
+                    held = self._due.get(gate)
+                    if held is not None and held[3] == token:
+                        self._due.pop(gate, None)
 
 
 _watchdog = _Watchdog()
 
 
+def _new_tokens() -> tuple[bytes, Iterator[int]]:
+    # A token is unique for the life of a lock: 16 random bytes per process, then a count.
+    return os.urandom(16).hex().encode() + b":", itertools.count()
+
+
+_tokens = _new_tokens()
+
+
 def _after_fork_in_child() -> None:
-    # A forked child has no watchdog thread, and holds none of its parent's locks.
-    global _watchdog
+    # A forked child has no watchdog thread, holds none of its parent's locks, and must not
+    # make its parent's tokens.
+    global _watchdog, _tokens
     _watchdog = _Watchdog()
+    _tokens = _new_tokens()
     holding.clear()
 
 

@@ -11,13 +11,15 @@ __all__ = ["COMMIT", "LOCK_READ", "READ", "RENEW", "SET_ASIDE"]
 # Takes the lock KEYS[1] with the token ARGV[1] for ARGV[2] ms if it is free (or already
 # ours: a retried call must not wait for itself), and in the same step reads the session
 # KEYS[2] as READ does, with ARGV[3] and ARGV[4] as READ's ARGV[1] and ARGV[2]. Returns 0
-# if another holder has the lock; else {1}, {1, value}, {1, size} for a value over the
-# limit, or {1, -1} for a value that is not a string. Nothing may fail after the SET:
-# a script is not rolled back, so the read uses pcall.
+# if another holder has the lock; else {1, value} (value nil if none), {1, size} for a
+# value over the limit, or {1, -1} for a value that is not a string. Nothing may fail
+# after the SET: a script is not rolled back, so the read uses pcall. Each call inside a
+# script costs the server about as much as a command: the usual path makes three.
 LOCK_READ = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 local size = redis.pcall('STRLEN', KEYS[2])
 if type(size) == 'table' then return {1, -1} end
 if size > tonumber(ARGV[3]) then return {1, size} end

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -518,3 +518,31 @@ def test_the_upgrade_command_moves_the_old_layout_and_says_how_much(
     done = run_python("from simplesession.cli import main; raise SystemExit(main())", *command, "upgrade")
     assert (done.returncode, done.stdout) == (0, "moved 1 session to the current layout\n"), done.stderr
     assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 7}
+
+
+# -- where a storage is, and whose its locks are ------------------------------------------------
+
+
+def test_a_sentinel_clients_storage_names_its_sentinels_and_service_and_has_locks_of_its_own(
+    storage: RedisStorage,
+) -> None:
+    from redis.sentinel import Sentinel
+
+    port = free_port()  # nothing listens: making the storage asks no server
+    sentinel: Any = cast(Any, Sentinel)([("127.0.0.1", port)])
+    by_sentinel = RedisStorage(sentinel.master_for("bots"), prefix=storage.prefix)
+    assert by_sentinel.server == f"redis+sentinel://127.0.0.1:{port}/bots/0"
+    assert "localhost" not in by_sentinel.server
+    assert by_sentinel.lock_name("k") != storage.lock_name("k")
+    replica = RedisStorage(sentinel.slave_for("bots"), prefix=storage.prefix)
+    assert replica.server.endswith("?role=replica")
+
+
+def test_clients_whose_place_cannot_be_told_never_share_locks(storage: RedisStorage) -> None:
+    one, two = redis.Redis(), redis.Redis()
+    for client in (one, two):  # pools that say nothing of where they connect
+        client.connection_pool.connection_kwargs.clear()
+    first, second = RedisStorage(one, prefix="p:"), RedisStorage(two, prefix="p:")
+    assert first.server != second.server
+    assert first.lock_name("k") != second.lock_name("k")
+    assert "6379" not in first.server

@@ -106,7 +106,7 @@ class RedisStorage(Storage):
                 client = client_from_url(client_or_url, bound)
             except ValueError as exc:  # its message does not repeat the URL, which may hold a password
                 raise ValueError(f"not a Redis URL: {exc}") from None
-            except redis.RedisError as exc:  # a cluster client asks its nodes for the slots at once
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # it asks for the slots at once
                 raise StorageError(f"could not reach the Redis cluster: {exc}") from exc
         else:
             client = client_or_url
@@ -122,7 +122,8 @@ class RedisStorage(Storage):
         if type(wait_replicas) is not int or wait_replicas < 0:
             raise ValueError(f"wait_replicas must be a number of replicas >= 0, not {wait_replicas!r}")
         self.wait_replicas = wait_replicas
-        self._failure: type[Exception] = redis.RedisError
+        # A cluster client raises its own kind when no node answers.
+        self._failure = (redis.RedisError, redis.exceptions.RedisClusterException)
         self._unreachable = (redis.ConnectionError, redis.TimeoutError)
         self._no_script = redis.exceptions.NoScriptError
         self._prefix = prefix.encode("utf-8")
@@ -294,10 +295,9 @@ class RedisStorage(Storage):
     def _put(self, key: str, document: bytes) -> None:
         held = holding.get(self._locks.name(key))
         if held is None:
-            try:
-                self.client.set(self._name(key), document, px=None if self.ttl is None else ms(self.ttl))
-            except self._failure as exc:
-                raise self._error("write", key, exc) from exc
+            self._unfenced(
+                key, "write", "set", self._name(key), document, px=None if self.ttl is None else ms(self.ttl)
+            )
             return
         held.found, held.pending = NOTHING, None
         if not self._commit(key, held.token, "set", document, release=False):
@@ -306,16 +306,26 @@ class RedisStorage(Storage):
     def _delete(self, key: str) -> None:
         held = holding.get(self._locks.name(key))
         if held is None:
-            try:
-                self.client.delete(self._name(key))
-            except self._failure as exc:
-                raise self._error("delete", key, exc) from exc
-            if self.wait_replicas:
-                self._wait(key, self.client.wait(self.wait_replicas, self._wait_ms()))
+            self._unfenced(key, "delete", "delete", self._name(key))
             return
         held.found, held.pending = NOTHING, None
         if not self._commit(key, held.token, "del", b"", release=False):
             raise self._lost(key)
+
+    def _unfenced(self, key: str, action: str, command: str, *args: Any, **kwargs: Any) -> None:
+        """A write or delete without a lock: the client's ``command``, and with
+        :attr:`wait_replicas` a ``WAIT`` in the same round trip."""
+        try:
+            if not self.wait_replicas:
+                getattr(self.client, command)(*args, **kwargs)
+                return
+            pipe = self.client.pipeline(transaction=False)
+            getattr(pipe, command)(*args, **kwargs)
+            pipe.wait(self.wait_replicas, self._wait_ms())
+            _, acked = pipe.execute()
+        except self._failure as exc:
+            raise self._error(action, key, exc) from exc
+        self._wait(key, acked)
 
     def _commit(self, key: str, token: bytes, op: str, document: bytes, *, release: bool) -> bool:
         """Run :data:`scripts.COMMIT`; whether the lock still was ours (else nothing was done).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -77,3 +78,24 @@ def test_an_update_that_deletes_its_session_sends_three_commands(bot: Bot, clien
     counted = sent(client, update(bot, "/forget"))
     assert counted.pop("evalsha") == 3  # lock and read; the delete, fenced; the release
     assert set(counted) <= INSIDE_SCRIPTS, counted
+
+
+def test_a_write_back_waiting_for_the_release_is_read_by_its_holder_alone_and_never_dropped(
+    redis_url: str, redis_prefix: str
+) -> None:
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    storage.write("k", {"n": 0})
+    seen = []
+
+    def another_thread() -> None:
+        seen.append(storage.read("k"))  # not yet sent: the stored value
+        storage.write("k", {"n": 5})  # races the holder, as any write without the lock does
+
+    with storage.lock("k"):
+        storage.write_for_session("k", {"n": 1}, b'{"n":1}', None)  # what the middleware does
+        assert storage.read("k") == {"n": 1}  # the holder reads its own write
+        thread = threading.Thread(target=another_thread)
+        thread.start()
+        thread.join(30)
+    assert seen == [{"n": 0}]
+    assert storage.read("k") == {"n": 1}  # sent with the release, after the other write

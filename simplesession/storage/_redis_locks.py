@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .locks import Gate, LockSpace
+from .locks import Gate, LockSpace, thread_holder
 
 if TYPE_CHECKING:
     from .redis import RedisStorage
@@ -39,6 +39,7 @@ NOTHING: Any = object()
 class Held:
     """A lock this process holds on the server.
 
+    :ivar gate: this process's part of the lock, which says which holder has it.
     :ivar token: proves it is ours; every write under it is fenced by it.
     :ivar found: the lock script's reply for the session's value, until a read uses it;
         with the read limit and ttl it was read with (another storage on the same keys
@@ -47,14 +48,19 @@ class Held:
         ``None`` document is a delete.
     """
 
-    __slots__ = ("found", "limit", "pending", "token", "ttl")
+    __slots__ = ("found", "gate", "limit", "pending", "token", "ttl")
 
-    def __init__(self, token: bytes, found: Any, limit: int, ttl: float | None) -> None:
+    def __init__(self, gate: Gate, token: bytes, found: Any, limit: int, ttl: float | None) -> None:
+        self.gate = gate
         self.token = token
         self.found = found
         self.limit = limit
         self.ttl = ttl
         self.pending: tuple[RedisStorage, bytes | None] | None = None
+
+    def mine(self) -> bool:
+        """Whether the calling thread holds it: only the holder uses what it read or wrote ahead."""
+        return self.gate.owner is thread_holder()
 
 
 holding: dict[str, Held] = {}
@@ -88,7 +94,7 @@ class RedisLocks(LockSpace):
         if found is None:
             return False
         gate.proof = token
-        holding[self._names + key] = Held(token, found, limit, ttl)
+        holding[self._names + key] = Held(gate, token, found, limit, ttl)
         _watchdog.watch(gate, storage, key, token)
         return True
 

@@ -240,7 +240,7 @@ class RedisStorage(Storage):
 
     def _get(self, key: str) -> Stored | None:
         held = holding.get(self._locks.name(key))
-        if held is not None:
+        if held is not None and held.mine():
             if held.pending is not None:  # the middleware's write, not yet sent: read it back
                 document = held.pending[1]
                 return None if document is None else (document, None)
@@ -284,7 +284,7 @@ class RedisStorage(Storage):
         # one script (and a read meanwhile sees it); a subclass that reads or writes its own
         # way is served as the base does.
         held = holding.get(self._locks.name(key)) if self._fast else None
-        if held is None:
+        if held is None or not held.mine():
             super().write_for_session(key, value, raw, version)
             return
         if len(raw) > self.max_size or len(key) > self._long_key:
@@ -299,7 +299,10 @@ class RedisStorage(Storage):
                 key, "write", "set", self._name(key), document, px=None if self.ttl is None else ms(self.ttl)
             )
             return
-        held.found, held.pending = NOTHING, None
+        # Fenced by whoever holds the lock in this process; only the holder's own write
+        # replaces a write-back it has waiting (another thread's would race it anyway).
+        if held.mine():
+            held.found, held.pending = NOTHING, None
         if not self._commit(key, held.token, "set", document, release=False):
             raise self._lost(key)
 
@@ -308,7 +311,8 @@ class RedisStorage(Storage):
         if held is None:
             self._unfenced(key, "delete", "delete", self._name(key))
             return
-        held.found, held.pending = NOTHING, None
+        if held.mine():
+            held.found, held.pending = NOTHING, None
         if not self._commit(key, held.token, "del", b"", release=False):
             raise self._lost(key)
 

@@ -16,17 +16,24 @@ the session it left. There is no global clock; the per-chat history is rebuilt f
   is exactly its result; if every write was followed by a reset, nothing is stored.
 
 On files a seventh process sweeps all the while with a ttl that live chats never reach,
-and pre-aged dead sessions must all be gone at the end. ``SIMPLESESSION_SOAK_SECONDS``
+and pre-aged dead sessions must all be gone at the end. On Redis a second run stops one
+bot at a time (SIGSTOP) for longer than its locks' ``lock_expiry``: an update whose lock
+expired meanwhile fails with ``LockLost`` and writes nothing, so its reply is void, and the
+model must hold all the same. ``SIMPLESESSION_SOAK_SECONDS``
 sets how long the bots run (default a few seconds per storage); ``-m soak`` selects it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +56,7 @@ INITIAL: dict[str, Any] = {"count": 0, "items": [], "last": None}
 
 BOT = """
     import copy, json, random, sys, time
-    from simplesession import Bot, FileStorage, RedisStorage, session
+    from simplesession import Bot, FileStorage, LockLost, RedisStorage, session
 
     kind, where, prefix, index, seconds, log, config = sys.argv[1:8]
     index, seconds, config = int(index), float(seconds), json.loads(config)
@@ -58,9 +65,9 @@ BOT = """
         storage = FileStorage(where, cache_size=1024 if index % 2 else 0, ttl=config["ttl"])
         sweep_interval = 0.5
     else:
-        storage = RedisStorage(where, prefix=prefix)
+        storage = RedisStorage(where, prefix=prefix, lock_expiry=config["lock_expiry"])
         sweep_interval = None
-    output = open(log, "w", encoding="utf-8")
+    output = open(log, "w", encoding="utf-8", buffering=1)  # by line: the test sees when a bot has begun
     bot = Bot(output=output)
     bot.use(session(initial=lambda: copy.deepcopy(config["initial"]), storage=storage, sweep_interval=sweep_interval))
     event = None
@@ -77,6 +84,7 @@ BOT = """
             state["last"] = event
         elif op == "reset":
             ctx.session = None
+        time.sleep(config["hold"])  # paused bots: so that a pause mostly finds one holding a lock
         reply = {"chat": ctx.chat_id, "op": op, "id": event, "seen": seen}
         if op != "reset":
             reply.update(count=state["count"], items=state["items"])
@@ -90,10 +98,16 @@ BOT = """
         n += 1
         event = f"{index}-{n}"
         message = {"message_id": n, "chat": {"id": rng.randrange(config["chats"])}, "text": rng.choice(ops)}
-        bot.handle_update({"update_id": n, "message": message})
+        try:
+            bot.handle_update({"update_id": n, "message": message})
+        except LockLost:  # paused past lock_expiry: nothing was written, so the reply is void
+            output.write(json.dumps({"void": event}) + "\\n")
     output.close()
 """
-CONFIG = json.dumps({"ttl": TTL, "initial": INITIAL, "kept": ITEMS_KEPT, "chats": CHATS})
+CONFIG = {"ttl": TTL, "initial": INITIAL, "kept": ITEMS_KEPT, "chats": CHATS, "lock_expiry": 30.0, "hold": 0}
+# Paused bots: one at a time is stopped (SIGSTOP) for longer than its locks' expiry.
+PAUSED_EXPIRY = 0.6
+PAUSE = 0.9
 
 SWEEPER = """
     import json, sys, time
@@ -121,7 +135,7 @@ def start(code: str, *args: str, stdout: Any = subprocess.DEVNULL, stderr: Any) 
     )
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "redis-paused"])
 def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, Storage]]:
     """(kind, where, prefix, a storage to check the result with)."""
     if request.param == "file":
@@ -129,7 +143,22 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         yield "file", str(root), "", FileStorage(root, cache_size=0)
     else:
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        yield "redis", url, prefix, RedisStorage(url, prefix=prefix)
+        yield request.param, url, prefix, RedisStorage(url, prefix=prefix)
+
+
+def pause_bots(bots: list[subprocess.Popen[str]], logs: list[Path], until: float, done: threading.Event) -> None:
+    """Stop one bot at a time for PAUSE seconds, as a GC pause or a frozen VM would, until ``until``,
+    from when every bot has handled an update."""
+    rng = random.Random(17)
+    while not all(log.exists() and log.stat().st_size for log in logs) and time.monotonic() < until:
+        done.wait(0.05)
+    while time.monotonic() < until and not done.is_set():
+        bot = rng.choice(bots)
+        with contextlib.suppress(ProcessLookupError):
+            bot.send_signal(signal.SIGSTOP)
+            done.wait(PAUSE)
+            bot.send_signal(signal.SIGCONT)
+        done.wait(0.2)
 
 
 def check_chat(chat: int, events: list[dict[str, Any]], stored: Any) -> int:
@@ -188,11 +217,17 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
             debris.append(path)
 
     logs = [tmp_path / f"bot-{i}.log" for i in range(BOTS)]
+    paused = kind == "redis-paused"
+    config = json.dumps({**CONFIG, **({"lock_expiry": PAUSED_EXPIRY, "hold": 0.005} if paused else {})})
+    done = threading.Event()
     with (tmp_path / "stderr").open("w+") as errors:
         bots = [
-            start(BOT, kind, where, prefix, str(i), str(SECONDS), str(log), CONFIG, stderr=errors)
+            start(BOT, kind, where, prefix, str(i), str(SECONDS), str(log), config, stderr=errors)
             for i, log in enumerate(logs)
         ]
+        pauser = threading.Thread(target=pause_bots, args=(bots, logs, time.monotonic() + SECONDS - 0.5, done))
+        if paused:
+            pauser.start()
         sweeper = None
         if kind == "file":
             sweeper = start(SWEEPER, where, str(SECONDS + 1), str(TTL), stdout=subprocess.PIPE, stderr=errors)
@@ -201,26 +236,40 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
                 assert bot.wait(SECONDS + 120) == 0
             sweep_out = sweeper.communicate(timeout=SECONDS + 120)[0] if sweeper is not None else None
         finally:
+            done.set()
+            if pauser.is_alive():
+                pauser.join(30)
             for process in [*bots, *([sweeper] if sweeper else [])]:
                 if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
                     process.kill()
                     process.wait(30)
         errors.seek(0)
-        assert errors.read() == ""
+        # A paused bot whose update only read logs the loss of its lock, and goes on.
+        lines = errors.read().splitlines()
+        expired = [line for line in lines if paused and "expired while held" in line]
+        assert [line for line in lines if line not in expired] == []
     if sweeper is not None:
         assert sweeper.returncode == 0
         assert json.loads(sweep_out or "")["passes"] >= 1
 
     by_chat: dict[int, list[dict[str, Any]]] = {chat: [] for chat in range(CHATS)}
+    void: set[str] = set()  # updates that failed, writing nothing: their replies count for nothing
     for log in logs:
         for line in log.read_text("utf-8").splitlines():
             event = json.loads(line)
-            by_chat[event["chat"]].append(event)
+            if "void" in event:
+                void.add(event["void"])
+            else:
+                by_chat[event["chat"]].append(event)
+    by_chat = {chat: [e for e in events if e["id"] not in void] for chat, events in by_chat.items()}
     assert sum(map(len, by_chat.values())) >= BOTS * 10, "the bots did almost nothing"
     writes = 0
     for chat, events in by_chat.items():
         writes += check_chat(chat, events, final.read(str(chat)))
     assert writes > 0
+    if paused:
+        assert void or expired, "no paused bot lost a lock: the pauses did not test fencing"
     listed = set(final.keys())
     stored = {key for key in listed if not key.startswith("dead-")}
     assert stored == {str(chat) for chat in range(CHATS) if final.read(str(chat)) is not None}

@@ -185,6 +185,11 @@ def test_upgrade_moves_the_old_layout_across_slots(storage: RedisStorage, client
     assert sum(per_primary(client, storage.prefix)) == 10  # the old names are gone
 
 
+def test_waiting_for_replicas_is_refused_on_a_cluster_saying_so(cluster_url: str) -> None:
+    with pytest.raises(ValueError, match="on a cluster it must be 0"):
+        RedisStorage(cluster_url, wait_replicas=1)
+
+
 def test_a_cluster_address_that_answers_nothing_is_a_storage_error() -> None:
     result = run_python(
         """

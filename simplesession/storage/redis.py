@@ -62,7 +62,7 @@ class RedisStorage(Storage):
     :param wait_replicas: after each write and delete, wait until this many replicas have it
         (Redis's ``WAIT``), else raise :class:`~simplesession.StorageError`: an update is
         acknowledged only once a failover cannot discard it. ``None`` (the default) means 1
-        for a Sentinel client, 0 otherwise.
+        for a Sentinel client, 0 otherwise (a cluster client takes only 0).
 
     Writes are fenced. Under a lock, a write or delete is made in one script only if the
     lock still holds this holder's token; if it expired meanwhile (the process was paused,
@@ -121,6 +121,9 @@ class RedisStorage(Storage):
             wait_replicas = 1 if self.topology.kind == "sentinel" else 0
         if type(wait_replicas) is not int or wait_replicas < 0:
             raise ValueError(f"wait_replicas must be a number of replicas >= 0, not {wait_replicas!r}")
+        if wait_replicas and self.topology.cluster:
+            # WAIT names no key, so a cluster client cannot tell which primary to ask.
+            raise ValueError("wait_replicas is for one server or Sentinel; on a cluster it must be 0")
         self.wait_replicas = wait_replicas
         # A cluster client raises its own kind when no node answers.
         self._failure = (redis.RedisError, redis.exceptions.RedisClusterException)

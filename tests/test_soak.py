@@ -146,12 +146,15 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         yield request.param, url, prefix, RedisStorage(url, prefix=prefix)
 
 
-def pause_bots(bots: list[subprocess.Popen[str]], logs: list[Path], until: float, done: threading.Event) -> None:
-    """Stop one bot at a time for PAUSE seconds, as a GC pause or a frozen VM would, until ``until``,
-    from when every bot has handled an update."""
+def pause_bots(bots: list[subprocess.Popen[str]], logs: list[Path], done: threading.Event) -> None:
+    """Stop one bot at a time for PAUSE seconds, as a GC pause or a frozen VM would, from when
+    every bot has handled an update (starting takes a while on a busy machine) until shortly
+    before they stop."""
     rng = random.Random(17)
-    while not all(log.exists() and log.stat().st_size for log in logs) and time.monotonic() < until:
+    ready_by = time.monotonic() + 60
+    while not all(log.exists() and log.stat().st_size for log in logs) and time.monotonic() < ready_by:
         done.wait(0.05)
+    until = time.monotonic() + SECONDS - 1
     while time.monotonic() < until and not done.is_set():
         bot = rng.choice(bots)
         with contextlib.suppress(ProcessLookupError):
@@ -225,7 +228,7 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
             start(BOT, kind, where, prefix, str(i), str(SECONDS), str(log), config, stderr=errors)
             for i, log in enumerate(logs)
         ]
-        pauser = threading.Thread(target=pause_bots, args=(bots, logs, time.monotonic() + SECONDS - 0.5, done))
+        pauser = threading.Thread(target=pause_bots, args=(bots, logs, done))
         if paused:
             pauser.start()
         sweeper = None

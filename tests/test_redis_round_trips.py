@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Callable, Iterator
 
@@ -64,10 +65,9 @@ def test_an_update_sends_two_commands_whether_it_writes_or_only_reads(bot: Bot, 
     assert set(counted) <= INSIDE_SCRIPTS, counted
 
 
-def test_an_update_of_a_new_chat_sends_two_commands(bot: Bot, client: redis.Redis) -> None:
+def test_an_update_of_a_new_chat_sends_two_commands(bot: Bot, client: redis.Redis, redis_prefix: str) -> None:
     update(bot, "/count")()
-    [name] = client.keys("*{s:42}")
-    client.delete(name)
+    client.delete(redis_prefix + "{s:42}")
     counted = sent(client, update(bot, "/count"))
     assert counted.pop("evalsha") == 2
     assert set(counted) <= INSIDE_SCRIPTS, counted
@@ -99,3 +99,16 @@ def test_a_write_back_waiting_for_the_release_is_read_by_its_holder_alone_and_ne
         thread.join(30)
     assert seen == [{"n": 0}]
     assert storage.read("k") == {"n": 1}  # sent with the release, after the other write
+
+
+def test_updates_go_on_when_the_server_has_forgotten_the_scripts(
+    bot: Bot, client: redis.Redis, redis_prefix: str
+) -> None:
+    update(bot, "/count")()
+    client.script_flush()  # as a restarted server, or one a failover brought in
+    update(bot, "/count")()
+    update(bot, "/look")()
+    counted = sent(client, update(bot, "/count"))
+    assert counted.pop("evalsha") == 2
+    stored = json.loads(client.get(redis_prefix + "{s:42}") or b"null")
+    assert stored["data"] == {"count": 3}

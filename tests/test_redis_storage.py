@@ -498,7 +498,8 @@ def test_upgrade_moves_sessions_of_the_old_layout_with_their_expiry_and_keeps_ne
     assert sorted(storage.keys()) == ["c"]
     assert next(f for f in storage.stats().details if f.name == "old_layout").value == 3
 
-    assert storage.upgrade(dry_run=True) == (3, 0)
+    assert storage.upgrade(dry_run=True) == (2, 1)
+    assert client.exists(old_name(storage.prefix, "a"))  # a dry run moves nothing
     assert storage.upgrade() == (2, 1)
     assert sorted(storage.keys()) == ["a", "b:é", "c"]
     assert (storage.read("a"), storage.read("b:é"), storage.read("c")) == ({"n": 1}, {"n": 2}, {"n": 30})

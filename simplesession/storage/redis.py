@@ -212,20 +212,21 @@ class RedisStorage(Storage):
                 except UnicodeDecodeError:
                     continue  # not a key any storage of ours wrote
                 try:
-                    moved_one = dry_run or self._move_old(client, name, self._name(key))
+                    if self.client.exists(self._name(key)):
+                        kept += 1
+                    elif dry_run or self._move_old(client, name, self._name(key)):
+                        moved += 1
                 except self._failure as exc:
                     raise self._error("upgrade", key, exc) from exc
-                moved, kept = (moved + 1, kept) if moved_one else (moved, kept + 1)
         return moved, kept
 
     def _move_old(self, client: Any, old: bytes, new: bytes) -> bool:
+        """Move ``old`` (on the server of ``client``) to ``new`` with its expiry; whether it was there."""
         # DUMP and RESTORE, not RENAME: on a cluster the two names lie in different slots.
         dumped, left = client.dump(old), client.pttl(old)
         if dumped is None:
             return False
-        if self.client.exists(new):
-            return False
-        self.client.restore(new, max(left, 0), dumped)
+        self.client.restore(new, max(left, 0), dumped)  # refused if new was written meanwhile
         client.delete(old)
         return True
 
@@ -360,8 +361,9 @@ class RedisStorage(Storage):
                 if not isinstance(done, self._no_script):
                     break
                 self.client.script_load(scripts.COMMIT)
-            if isinstance(done, Exception):
-                raise done
+            for reply in (done, acked):
+                if isinstance(reply, Exception):
+                    raise reply
         except self._failure as exc:
             raise self._error(action, key, exc) from exc
         if done:

@@ -24,11 +24,15 @@ class LRUCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
+        # No lock: each call on the OrderedDict is atomic, and an entry another thread
+        # removed between the two is simply not moved.
+        value = self._data.get(key)
+        if value is not None:
+            try:  # noqa: SIM105 - contextlib.suppress would cost more than the lookup
                 self._data.move_to_end(key)
-            return value
+            except KeyError:
+                pass
+        return value
 
     def put(self, key: K, value: V) -> None:
         if not self.maxsize:

@@ -13,169 +13,39 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 from . import __version__, data
+from ._console import DURATION_HELP, PROG, LogHandler, Progress, format_duration, human, iso, parse_duration, plural
 from .errors import SessionError
 from .keys import key_bytes
-from .storage import FileStorage, RedisStorage, Storage, StorageStats, default_directory
+from .storage import Storage, StorageStats, default_directory
 from .storage._fs import flush_to_disk
 from .storage.document import check_version
+from .storage.urls import FORMS, kind_of, open_storage
 
 __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
-
-PROG = "simplesession"
-_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or seconds (3600)"
-# A century: longer is a slip of the keyboard, and far longer would overflow a float.
-_MAX_DURATION = 36525 * 86400
 
 
 class CliError(Exception):
     """A failure to report as one line and exit status 1."""
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``text`` (``30d``, ``1d12h``, ``3600``); ``ArgumentTypeError`` if not positive."""
-    spec = text.strip().lower()
-    if re.fullmatch(r"[0-9]+", spec):
-        parts = [(spec, "s")]
-    elif re.fullmatch(r"([0-9]+[wdhms])+", spec):
-        parts = re.findall(r"([0-9]+)([wdhms])", spec)
-    elif re.fullmatch(r"-[0-9.wdhms]+", spec):
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; a duration must be positive ({_DURATION_HELP})")
-    else:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration ({_DURATION_HELP})")
-    # Digits are counted first: int() refuses numerals of thousands of digits with a traceback.
-    too_long = any(len(n.lstrip("0")) > 12 for n, _ in parts)
-    total = 0 if too_long else sum(int(n) * _UNITS[unit] for n, unit in parts)
-    if too_long or total > _MAX_DURATION:
-        shown = repr(text) if len(text) <= 30 else f"{text[:20]!r}... ({len(text)} characters)"
-        raise argparse.ArgumentTypeError(
-            f"{shown} is longer than a century; a duration must be 1s to {format_duration(_MAX_DURATION)}"
-        )
-    seconds = float(total)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is zero; a duration must be positive ({_DURATION_HELP})")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Whole ``seconds`` the way a user writes them: ``30d``, ``1d12h``, ``2w`` (weeks only when exact)."""
-    rest, parts = int(seconds), []
-    for unit, size in _UNITS.items():
-        if rest >= size and (unit != "w" or rest % size == 0):
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(parts)
-
-
-class Progress:
-    """A one-line progress indicator on stderr, drawn only when stderr is a terminal."""
-
-    WIDTH = 24
-    current: ClassVar[Progress | None] = None  # the one on screen, which log lines must clear
-
-    def __init__(self, label: str, *, bar: bool = True) -> None:
-        self.label = label
-        self.bar = bar
-        self.enabled = sys.stderr.isatty()
-        self.shown = ""
-        self.drawn_at = 0.0
-        # A terminal without UTF-8 cannot show block characters; ASCII still reads.
-        try:
-            "█░".encode(sys.stderr.encoding or "ascii")
-            self.marks = "█░"
-        except (UnicodeEncodeError, LookupError):
-            self.marks = "#-"
-
-    def __enter__(self) -> Progress:
-        Progress.current = self
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        Progress.current = None
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar:
-            filled = min(self.WIDTH, done * self.WIDTH // max(total, 1))
-            percent = min(100, done * 100 // max(total, 1))
-            text = f"{self.label} {self.marks[0] * filled}{self.marks[1] * (self.WIDTH - filled)} {percent:3d}%"
-        else:
-            text = f"{self.label} {done}/{total}"
-        now = time.monotonic()
-        # Redrawing for every item would cost more than the work; the last state always shows.
-        if text == self.shown or (done < total and now - self.drawn_at < 0.05):
-            return
-        sys.stderr.write(f"\r{text}\x1b[K")
-        sys.stderr.flush()
-        self.shown, self.drawn_at = text, now
-
-    @classmethod
-    def clear(cls) -> None:
-        """Erase the progress line so another line can take its place; the next update redraws it."""
-        if cls.current is not None and cls.current.shown:
-            sys.stderr.write("\r\x1b[K")
-            cls.current.shown = ""
-
-
-class _LogHandler(logging.Handler):
-    # The library logs a corrupt file it moved aside; show it as one line, not over a progress bar.
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.errors = 0  # sessions the library could not read (or other trouble it logged as errors)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
-            self.errors += 1
-        try:
-            Progress.clear()
-            sys.stderr.write(f"{PROG}: {record.getMessage()}\n")
-            sys.stderr.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def _iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
-def _human(size: int) -> str:
-    """``812 bytes``, or ``1.2 KiB (1234 bytes)``: readable, yet exact."""
-    if size < 1024:
-        return f"{size} bytes"
-    amount, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
-    while amount >= 1024 and len(units) > 1:
-        amount, units = amount / 1024, units[1:]
-    return f"{amount:.1f} {units[0]} ({size} bytes)"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _existing(storage: Storage) -> Storage:
     """``storage``, or :class:`CliError` if it is not there (most likely a wrong --dir/--app)."""
     why = storage.missing()
     if why is not None:
-        raise CliError(f"no sessions at {storage.location} ({why}); use --dir or --app")
+        raise CliError(f"no sessions at {storage.location} ({why}); name the store with --dir, --app or --store")
     return storage
 
 
 def _incomplete(command: str, errors: int) -> str:
     """What it means for ``command`` that ``errors`` sessions could not be read (reported above)."""
-    count = f"{_plural(errors, 'session')} could not be read (see above)"
+    count = f"{plural(errors, 'session')} could not be read (see above)"
     if command == "export":
         verb = "is" if errors == 1 else "are"
         return f"the export is incomplete: {count} and {verb} not in it; nothing in the store was changed"
@@ -198,7 +68,7 @@ def cmd_ls(storage: Storage, args: argparse.Namespace) -> int:
         if found is not None:  # None: removed since the listing
             # The last use where the storage keeps it, else when the session expires.
             when = found.used if found.used is not None else found.expires
-            print(f"{key}\t{found.size}\t{_iso(when) or '-'}")
+            print(f"{key}\t{found.size}\t{iso(when) or '-'}")
     return 0
 
 
@@ -238,13 +108,13 @@ def _print_stats(storage: Storage, stats: StorageStats, as_json: bool) -> None:
     about, details = storage.about(), stats.details
     if as_json:
         figures: dict[str, Any] = {figure.name: figure.value for figure in about}
-        figures.update(sessions=stats.sessions, bytes=stats.bytes, oldest=_iso(stats.oldest), newest=_iso(stats.newest))
+        figures.update(sessions=stats.sessions, bytes=stats.bytes, oldest=iso(stats.oldest), newest=iso(stats.newest))
         figures.update((figure.name, figure.value) for figure in details)
         print(json.dumps(figures, indent=2, ensure_ascii=False))
         return
     rows = [(figure.label, figure.text or str(figure.value)) for figure in about if figure.label]
-    rows += [("sessions", str(stats.sessions)), ("size", _human(stats.bytes))]
-    rows += [("oldest use", _iso(stats.oldest) or "-"), ("newest use", _iso(stats.newest) or "-")]
+    rows += [("sessions", str(stats.sessions)), ("size", human(stats.bytes))]
+    rows += [("oldest use", iso(stats.oldest) or "-"), ("newest use", iso(stats.newest) or "-")]
     rows += [(figure.label, figure.text or str(figure.value)) for figure in details if figure.label]
     for label, text in rows:
         print(f"{label + ':':<15}{text}")
@@ -260,7 +130,7 @@ def cmd_stats(storage: Storage, args: argparse.Namespace) -> int:
 def cmd_upgrade(storage: Storage, args: argparse.Namespace) -> int:
     moved, kept = storage.upgrade(dry_run=args.dry_run)
     verb = "would move" if args.dry_run else "moved"
-    print(f"{verb} {_plural(moved, 'session')} to the current layout", end="")
+    print(f"{verb} {plural(moved, 'session')} to the current layout", end="")
     print(f"; kept {kept} in the old one, as the current one holds a newer value" if kept else "")
     return 0
 
@@ -277,14 +147,14 @@ def cmd_sweep(storage: Storage, args: argparse.Namespace) -> int:
         print("dry run: nothing was removed")
     if args.ttl is None:
         print("no --ttl given: sessions are kept, only leftover files are cleaned up")
-    print(f"scanned {_plural(report.scanned, 'session')} in {storage.location}")
+    print(f"scanned {plural(report.scanned, 'session')} in {storage.location}")
     if args.ttl is not None:
-        print(f"{remove} {_plural(report.removed, 'session')} idle for more than {format_duration(args.ttl)}")
+        print(f"{remove} {plural(report.removed, 'session')} idle for more than {format_duration(args.ttl)}")
         if report.in_use:
             using = "an update is using it" if report.in_use == 1 else "updates are using them"
-            print(f"kept {_plural(report.in_use, 'idle session')} because {using}")
-    print(f"{remove} {_plural(report.debris, 'leftover file')} (temp files of crashed writers, stray lock files)")
-    print(f"{'would free' if args.dry_run else 'freed'} {_human(report.bytes_freed)}")
+            print(f"kept {plural(report.in_use, 'idle session')} because {using}")
+    print(f"{remove} {plural(report.debris, 'leftover file')} (temp files of crashed writers, stray lock files)")
+    print(f"{'would free' if args.dry_run else 'freed'} {human(report.bytes_freed)}")
     return 0
 
 
@@ -327,7 +197,7 @@ def cmd_export(storage: Storage, args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    print(f"exported {_plural(count, 'session')} to {target}")
+    print(f"exported {plural(count, 'session')} to {target}")
     return 0
 
 
@@ -393,8 +263,37 @@ def cmd_import(storage: Storage, args: argparse.Namespace) -> int:
                     storage.write(key, value, version=version)
                     imported += 1
             progress(done, len(entries))
-    kept = f", kept {_plural(skipped, 'existing session')}" if args.skip_existing else ""
-    print(f"imported {_plural(imported, 'session')} into {storage.location}{kept}")
+    kept = f", kept {plural(skipped, 'existing session')}" if args.skip_existing else ""
+    print(f"imported {plural(imported, 'session')} into {storage.location}{kept}")
+    return 0
+
+
+def cmd_copy(_: Storage | None, args: argparse.Namespace) -> int:
+    source = _existing(_storage(args, args.source))
+    target = _storage(args, args.target, ttl=args.ttl)
+    if source.location == target.location:
+        raise CliError(f"{source.location} is both the source and the target: copy it somewhere else")
+    # A copy changes nothing where it reads: a corrupt session is reported and left there.
+    source.set_aside_corrupt = False
+    keys = list(source.keys())
+    copied = skipped = 0
+    with Progress("copying") as progress:
+        for done, key in enumerate(keys, 1):
+            found = source.read_versioned(key)
+            info = source.describe(key)
+            if found is not None and info is not None:  # else deleted meanwhile
+                used = info.used
+                if used is None and info.expires is not None and args.ttl is not None:
+                    used = info.expires - args.ttl  # a place that expires sessions keeps no last use
+                with target.lock(key):
+                    if args.skip_existing and target.has(key):
+                        skipped += 1
+                    else:
+                        target.restore(key, found[0], version=found[1], used=used)
+                        copied += 1
+            progress(done, len(keys))
+    kept = f", kept {plural(skipped, 'session')} it had" if args.skip_existing else ""
+    print(f"copied {plural(copied, 'session')} from {source.location} to {target.location}{kept}")
     return 0
 
 
@@ -436,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("stats", cmd_stats, "Count sessions, bytes, last uses, temp, corrupt and lock files.")
     sub.add_argument("--json", action="store_true", help="print the figures as JSON")
     sub = command("sweep", cmd_sweep, "Remove sessions idle longer than --ttl, and files left by crashes.")
-    sub.add_argument("--ttl", type=parse_duration, metavar="DURATION", help=f"idle time: {_DURATION_HELP}")
+    sub.add_argument("--ttl", type=parse_duration, metavar="DURATION", help=f"idle time: {DURATION_HELP}")
     sub.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     sub = command("upgrade", cmd_upgrade, "Move sessions from an older key layout (Redis); once, bots stopped.")
     sub.add_argument("--dry-run", action="store_true", help="only count what would be moved")
@@ -451,12 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration,
         metavar="DURATION",
         help="with --redis: the bot's ttl, so that the imported sessions expire like the rest "
-        f"(without it they have none until the bot next uses them); {_DURATION_HELP}",
+        f"(without it they have none until the bot next uses them); {DURATION_HELP}",
     )
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_false", dest="skip_existing", help="overwrite sessions (default)")
     mode.add_argument("--skip-existing", action="store_true", help="keep sessions that already exist")
     sub.set_defaults(skip_existing=False)
+    sub = command("copy", cmd_copy, "Copy every session from one store to another, with its version and idle clock.")
+    sub.add_argument("source", metavar="SOURCE", help=f"the store to copy from: {FORMS}")
+    sub.add_argument("target", metavar="TARGET", help="the store to copy into, named the same way")
+    sub.add_argument(
+        "--ttl",
+        type=parse_duration,
+        metavar="DURATION",
+        help="the bots' ttl: sessions copied into Redis expire as they would have where they were, "
+        f"and those copied from Redis keep their idle time; {DURATION_HELP}",
+    )
+    sub.add_argument("--skip-existing", action="store_true", help="keep sessions the target already has")
     return parser
 
 
@@ -477,6 +387,7 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
         help="the sessions on a Redis server, e.g. redis://localhost:6379/0, "
         "or on a cluster, by any of its nodes: redis+cluster://host:port",
     )
+    where.add_argument("--store", metavar="URL", default=default, help=f"the sessions of any store: {FORMS}")
     parser.add_argument(
         "--trust-folder",
         action="store_true",
@@ -492,17 +403,33 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _storage(args: argparse.Namespace) -> Storage:
+def _url(args: argparse.Namespace) -> str:
+    """The store the options name, as a URL (``--dir``/``--app``: a folder, ``file:`` relative or absolute)."""
+    if args.store is not None:
+        return str(args.store)
     if args.redis is not None:
-        try:
-            prefix = "simplesession:" if args.prefix is None else args.prefix
-            return RedisStorage(args.redis, prefix=prefix, ttl=args.ttl if args.command == "import" else None)
-        except ImportError as error:
-            raise CliError(str(error)) from None
+        return str(args.redis)
     # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
     directory = Path(args.dir).expanduser() if args.dir is not None else default_directory(args.app or "simplesession")
-    # Every command reads each session once at most: no cache.
-    return FileStorage(directory, cache_size=0, trust_folder=args.trust_folder)
+    path = os.path.abspath(directory)
+    if path.startswith("//"):  # POSIX lets "//x" mean its own thing; here it is "/x", and not a URL's host
+        path = "/" + path.lstrip("/")
+    return f"file:{path}"
+
+
+def _storage(args: argparse.Namespace, url: str | None = None, *, ttl: float | None = None) -> Storage:
+    """The storage at ``url`` (default: the one the options name), with the options that apply to its kind."""
+    url = _url(args) if url is None else url
+    options: dict[str, Any] = {}
+    if kind_of(url) == "file":
+        # Every command reads each session once at most: no cache.
+        options.update(cache_size=0, trust_folder=args.trust_folder)
+    else:
+        options.update(prefix="simplesession:" if args.prefix is None else args.prefix, ttl=ttl)
+    try:
+        return open_storage(url, **options)
+    except ImportError as error:
+        raise CliError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,24 +437,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        given = [f"--{name}" for name in ("dir", "app", "redis") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("dir", "app", "redis", "store") if getattr(args, name) is not None]
         if len(given) > 1:  # one before the command and one after it, which the group cannot see
             parser.error(f"argument {given[1]}: not allowed with argument {given[0]}")
-        if args.prefix is not None and args.redis is None:
-            parser.error("argument --prefix: only with --redis")
-        if args.trust_folder and args.redis is not None:
-            parser.error("argument --trust-folder: only with a folder (--dir or --app)")
-        if args.command == "import" and args.ttl is not None and args.redis is None:
+        if args.command == "copy" and given:
+            parser.error(f"argument {given[0]}: copy takes its two stores as SOURCE and TARGET")
+        try:
+            kinds = [kind_of(url) for url in ((args.source, args.target) if args.command == "copy" else (_url(args),))]
+        except ValueError as error:
+            parser.error(str(error))
+        if args.prefix is not None and "redis" not in kinds:
+            parser.error("argument --prefix: only with a Redis store (--redis, or --store redis://...)")
+        if args.trust_folder and "file" not in kinds:
+            parser.error("argument --trust-folder: only with a folder (--dir, --app, or --store file:...)")
+        if args.command == "import" and args.ttl is not None and kinds != ["redis"]:
             # A file's idle clock is its modification time, which the import sets to now.
-            parser.error("argument --ttl: only with --redis (imported files count as used now; sweep --ttl ages them)")
+            parser.error("argument --ttl: only into Redis (imported files count as used now; sweep --ttl ages them)")
     except SystemExit as stop:  # --help, or a usage error argparse has reported
         return stop.code if isinstance(stop.code, int) else 2
     logger = logging.getLogger("simplesession")
-    handler, propagate = _LogHandler(logging.WARNING), logger.propagate
+    handler, propagate = LogHandler(logging.WARNING), logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        status: int = args.func(_storage(args), args)
+        storage = None if args.command == "copy" else _storage(args, ttl=args.ttl if args.command == "import" else None)
+        status: int = args.func(storage, args)
         sys.stdout.flush()
         if handler.errors and status == 0:
             print(f"{PROG}: error: {_incomplete(args.command, handler.errors)}", file=sys.stderr)

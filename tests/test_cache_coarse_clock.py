@@ -18,7 +18,8 @@ import pytest
 
 import simplesession.storage.document as document_module
 from simplesession import FileStorage
-from simplesession.storage._fs import Folder, Stamp, settled
+from simplesession.storage._folders import Folder
+from simplesession.storage._fs import Stamp, settled
 
 SECOND = 1_000_000_000
 

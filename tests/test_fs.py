@@ -1,4 +1,4 @@
-"""The file-system calls of the file storages (storage/_fs.py), each on its own."""
+"""The file-system calls and folders of the file storages (storage/_fs.py, storage/_folders.py), each on its own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simplesession.storage._fs import LOCK_DIR, TEMP_PREFIX, Folder, Store, TooLarge
+from simplesession.storage._folders import LOCK_DIR, Folder, Store
+from simplesession.storage._fs import TEMP_PREFIX, TooLarge
 
 
 def test_a_read_returns_the_bytes_and_a_stamp_that_a_replace_changes(tmp_path: Path) -> None:

@@ -201,3 +201,15 @@ def test_a_cluster_address_that_answers_nothing_is_a_storage_error() -> None:
         """
     )
     assert result.stdout.startswith("StorageError could not reach the Redis cluster"), result.stderr
+
+
+def test_a_cluster_url_names_a_store_for_open_storage_and_the_store_option(cluster_url: str, prefix: str) -> None:
+    from simplesession.storage.urls import open_storage
+
+    storage = open_storage(cluster_url, prefix=prefix)
+    assert isinstance(storage, RedisStorage)
+    assert storage.server.startswith("redis+cluster://")
+    for key in SESSIONS:
+        storage.write(key, 1)
+    listed = cli("--store", cluster_url, "--prefix", prefix, "ls")
+    assert (listed.returncode, listed.stdout.split()) == (0, sorted(SESSIONS)), listed.stderr

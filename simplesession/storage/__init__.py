@@ -9,6 +9,7 @@ from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
 from .redis import RedisStorage
 from .stripes import FileStripes
+from .urls import open_storage
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "Unreadable",
     "Version",
     "default_directory",
+    "open_storage",
 ]

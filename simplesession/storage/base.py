@@ -10,7 +10,6 @@ stored value that cannot be a session; the idle sweep; the session middleware's 
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator
@@ -20,8 +19,8 @@ from typing import Any, ClassVar, Literal
 
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
-from ..errors import CorruptSessionError, LockTimeout, StorageError
 from ..keys import key_bytes
+from . import upkeep
 from .document import (
     BadDocument,
     Version,
@@ -50,8 +49,6 @@ from .values import (
 )
 
 __all__ = ["TOUCH_FRACTION", "Storage"]
-
-_log = logging.getLogger("simplesession.storage")
 
 TOUCH_FRACTION = 0.01
 """A read refreshes a session's idle clock once it is this fraction of the ttl old, so that
@@ -202,6 +199,16 @@ class Storage(ABC):
         check_size(key, raw, self._max_size)
         self._store(key, value, raw, version)
 
+    def restore(self, key: str, value: Any, *, version: Version | None = None, used: float | None = None) -> None:
+        """Store ``value`` as :meth:`write` does, and set its idle clock to ``used`` (a
+        ``time.time()``; ``None``: now), so that a session moved from another store expires
+        when it would have there. A place that cannot set the clock starts it now."""
+        self.write(key, value, version=version)
+        if used is not None and value is not None:
+            if self._cache is not None:
+                self._cache.discard(key)
+            self._set_used(key, used)
+
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
         check_key(key)
@@ -246,25 +253,14 @@ class Storage(ABC):
         """Move ``key``'s value out of the way, kept for a human, and log an ERROR with ``reason``;
         where it went (``None``: nothing there). Afterwards the key reads as missing."""
         check_key(key)
-        return self._quarantine(key, reason, None, check=False)
+        return upkeep.quarantine(self, key, reason, None, check=False)
 
     def sweep_slices(self, ttl: float | timedelta | None = None, *, dry_run: bool = False) -> Iterator[SweepReport]:
         """A sweep (see :meth:`sweep`) in small steps: each ``next()`` does one slice of it."""
         seconds = ttl_seconds(ttl) if ttl is not None else self._ttl
         if self.expires_by_itself:
             seconds = None  # the place removes idle sessions itself: only count them
-        for page, report in self._sweep_pages(clock=seconds is not None, dry_run=dry_run):
-            for item in page:
-                report.scanned += 1
-                if seconds is None or item.age is None or item.age <= seconds:
-                    continue
-                freed = self._remove_if_idle(item.key, seconds, dry_run)
-                if freed is None:
-                    report.in_use += 1
-                else:
-                    report.removed += 1
-                    report.bytes_freed += freed
-            yield report
+        return upkeep.sweep_slices(self, seconds, dry_run)
 
     def sweep(
         self, ttl: float | timedelta | None = None, *, dry_run: bool = False, progress: Progress | None = None
@@ -437,6 +433,11 @@ class Storage(ABC):
         """Reset the idle clock of what is stored under ``key``; its new stamp, or ``None`` if it could not."""
         raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
 
+    def _set_used(self, key: str, used: float) -> None:
+        """Set the idle clock of what is stored under ``key`` to ``used`` (a ``time.time()``),
+        for :meth:`restore`; by default the clock stays as the write left it."""
+        return  # optional: a place without an idle clock of its own has nothing to set
+
     def _idle(self, key: str) -> tuple[float, int] | None:
         """``(age, size)`` of what is stored under ``key`` now, or ``None``: the sweep's re-check."""
         try:
@@ -477,7 +478,7 @@ class Storage(ABC):
         try:
             stored = self._get(key)
         except Unreadable as exc:
-            self._quarantine(key, str(exc), None)
+            upkeep.quarantine(self, key, str(exc), None)
             return None
         if stored is None:
             if cache is not None:
@@ -492,7 +493,7 @@ class Storage(ABC):
         try:
             value, private, version, raw = session_of(document, key, self._max_size)
         except BadDocument as exc:
-            self._quarantine(key, str(exc), stored)
+            upkeep.quarantine(self, key, str(exc), stored)
             return None
         return self._cached(key, (stamp, value, version, raw, settled), private)
 
@@ -539,77 +540,3 @@ class Storage(ABC):
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
             self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
-
-    def _quarantine(self, key: str, reason: str, found: Stored | None, *, check: bool = True) -> str | None:
-        """Set aside what is under ``key``; with ``check``, only while it is still as bad as ``found``
-        (``None``: unreadable), since a writer may have put a good value there meanwhile. With
-        ``check`` and not :attr:`set_aside_corrupt`, only report it."""
-        if check and not self.set_aside_corrupt:
-            self._log_left(key, reason, self.where(key))
-            return None
-        with self.lock(key):  # no writer in flight can be undone (re-entry is free)
-            if self._cache is not None:
-                self._cache.discard(key)
-            try:
-                now = self._get(key)
-            except Unreadable:
-                now = None
-            else:
-                if now is None:
-                    return None
-                if check and (found is None or now[0] != found[0]) and self._acceptable(now[0], key):
-                    return None  # replaced by a good value meanwhile
-            try:
-                where = self._move_aside(key, now)
-            except StorageError as exc:
-                raise self._cannot_set_aside(key, self.where(key), reason, exc) from exc
-        if where is not None:
-            self._log_set_aside(key, reason, where)
-        return where
-
-    @staticmethod
-    def _cannot_set_aside(key: str | None, where: str, reason: str, exc: StorageError) -> CorruptSessionError:
-        whose = f"session {key!r}" if key is not None else "a session"
-        return CorruptSessionError(
-            f"{whose} at {where} is unusable ({reason}) and could not be set aside: {exc}; move or delete it by hand",
-            key=key,
-            path=exc.path,
-        )
-
-    @staticmethod
-    def _log_left(key: str | None, reason: str, where: str) -> None:
-        whose = f"session {key!r}" if key is not None else "a session"
-        _log.error("%s: %s; left it at %s (set_aside_corrupt is off), so it reads as missing", whose, reason, where)
-
-    def _log_set_aside(self, key: str | None, reason: str, where: str, source: str | None = None) -> None:
-        whose = f"session {key!r}" if key is not None else "a session"
-        if source is None:
-            source = self.where(key) if key is not None else self.location
-        _log.error("%s: %s; moved it from %s to %s, so the session starts afresh", whose, reason, source, where)
-
-    def _remove_if_idle(self, key: str, ttl: float, dry_run: bool) -> int | None:
-        """Remove ``key`` if it is still idle; the bytes freed, or ``None`` if it is in use."""
-        try:
-            # Never wait: a held lock means an update is using the session right now.
-            with KeyLock(self._locks, key, 0):
-                found = self._idle(key)
-                if found is None:
-                    return 0  # removed since the listing
-                age, size = found
-                if age <= ttl:
-                    return None  # read or written since the listing
-                if not dry_run:
-                    self._delete(key)
-                    if self._cache is not None:
-                        self._cache.discard(key)
-                return size
-        except LockTimeout:
-            return None
-
-    def _acceptable(self, document: bytes, key: str) -> bool:
-        """Whether ``document`` is a session of ``key`` that a read would take."""
-        try:
-            session_of(document, key, self._max_size)
-        except BadDocument:
-            return False
-        return True

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -17,20 +18,9 @@ import platformdirs
 from ..data import DEFAULT_MAX_SIZE
 from ..errors import StorageError
 from ..keys import SUFFIX, encode_key, is_hashed_name, key_bytes, key_from_name
-from . import stripes
-from ._fs import (
-    CORRUPT_DIR,
-    LOCK_DIR,
-    TEMP_PREFIX,
-    BadFolder,
-    Folder,
-    NotAFile,
-    ReadFailed,
-    Stamp,
-    Store,
-    TooLarge,
-    settled,
-)
+from . import stripes, upkeep
+from ._folders import CORRUPT_DIR, LOCK_DIR, BadFolder, Folder, Store
+from ._fs import TEMP_PREFIX, NotAFile, ReadFailed, Stamp, TooLarge, settled
 from .base import Storage
 from .document import BadDocument, decode_document
 from .locks import LOCK_STRIPES, lasting
@@ -155,9 +145,13 @@ class FileStorage(Storage):
         return str(self.path(key))
 
     def missing(self) -> str | None:
-        if not self.directory.exists():
+        try:
+            st = os.stat(self._dir)
+        except (FileNotFoundError, NotADirectoryError):
             return "it does not exist"
-        return None if self.directory.is_dir() else "it is not a directory"
+        except OSError:
+            return None  # there, but out of reach: the first use says which folder keeps it out, and why
+        return None if stat.S_ISDIR(st.st_mode) else "it is not a directory"
 
     def about(self) -> list[Figure]:
         return [Figure("directory", "directory", self._dir), Figure("corrupt_dir", None, self._corrupt_dir.path)]
@@ -295,6 +289,13 @@ class FileStorage(Storage):
             _log.debug("could not refresh the idle clock of %s: %s", folder.file(name), exc)
             return None
         return stamp[0], now, stamp[2]
+
+    def _set_used(self, key: str, used: float) -> None:
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
+        try:
+            folder.set_times(name, int(used * 1e9) | 1)  # odd, as a write's (see Folder.replace)
+        except OSError as exc:
+            raise self._error("set the idle clock of", key, folder.file(name), exc) from exc
 
     @staticmethod
     def _refuse_lockless(key: str, path: str, lock: str, action: str) -> None:
@@ -440,14 +441,14 @@ class FileStorage(Storage):
                 reason = f"it cannot be read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
             reason = f"the file is corrupt: {reason}"
             if not self.set_aside_corrupt:
-                self._log_left(None, reason, folder.file(name))
+                upkeep.log_left(None, reason, folder.file(name))
                 return None
             try:
                 where = self._move_file_aside(folder, name, None)
             except StorageError as error:
-                raise self._cannot_set_aside(None, folder.file(name), reason, error) from error
+                raise upkeep.cannot_set_aside(None, folder.file(name), reason, error) from error
             if where is not None:
-                self._log_set_aside(None, reason, where, folder.file(name))
+                upkeep.log_set_aside(None, reason, folder.file(name), where)
             return None
         return key if encode_key(key) == (os.path.basename(folder.path), name) else None
 
@@ -491,7 +492,7 @@ def _make(folder: Folder, key: str | None, *, fsync: bool) -> None:
 
 
 def _error(action: str, key: str | None, path: str, exc: OSError, doing: str = "") -> StorageError:
-    whose = f"session {key!r}" if key is not None else "a session"
+    whose = f"session {key!r}" if key is not None else "the sessions" if action == "list" else "a session"
     if isinstance(exc, BadFolder):
         # The folder is what is wrong, and the error says what to do about it.
         error = StorageError(f"could not {action} {whose}: {exc.strerror}", key=key, path=exc.filename)

@@ -39,7 +39,8 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from ..errors import StorageError
-from ._fs import BadFolder, Folder, NotAFile, keepable
+from ._folders import BadFolder, Folder, keepable
+from ._fs import NotAFile
 from .locks import Gate, LockSpace, lasting, lasting_gate, stripe_of
 
 __all__ = ["KEPT_DESCRIPTORS", "FileStripes", "lockless_cause", "lockless_holds"]
@@ -93,7 +94,7 @@ class _FileGate(Gate):
 class FileStripes(LockSpace):
     """Locks on the :data:`LOCK_STRIPES` lock files of one folder.
 
-    :param folder: where the lock files are (``NNN.lock``): a :class:`~simplesession.storage._fs.Folder`
+    :param folder: where the lock files are (``NNN.lock``): a :class:`~simplesession.storage._folders.Folder`
         of a store, or a path.
     :param make_folder: creates ``folder`` (and what it is in) if missing, before the first
         lock file is opened; called with the key whose lock is wanted, for its error message.

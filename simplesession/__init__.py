@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .context import Context
 from .errors import (
     CorruptSessionError,
+    LockLost,
     LockTimeout,
     MigrationError,
     SessionDataError,
@@ -36,6 +37,7 @@ __all__ = [
     "Context",
     "CorruptSessionError",
     "FileStorage",
+    "LockLost",
     "LockTimeout",
     "MemoryStorage",
     "MigrationError",

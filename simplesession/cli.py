@@ -127,6 +127,14 @@ def cmd_stats(storage: Storage, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(storage: Storage, args: argparse.Namespace) -> int:
+    moved, kept = storage.upgrade(dry_run=args.dry_run)
+    verb = "would move" if args.dry_run else "moved"
+    print(f"{verb} {plural(moved, 'session')} to the current layout", end="")
+    print(f"; kept {kept} in the old one, as the current one holds a newer value" if kept else "")
+    return 0
+
+
 def cmd_sweep(storage: Storage, args: argparse.Namespace) -> int:
     if storage.expires_by_itself:
         print(f"nothing to do: {storage.kind} expires idle sessions itself (a storage's ttl is set as their")
@@ -329,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("sweep", cmd_sweep, "Remove sessions idle longer than --ttl, and files left by crashes.")
     sub.add_argument("--ttl", type=parse_duration, metavar="DURATION", help=f"idle time: {DURATION_HELP}")
     sub.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    sub = command("upgrade", cmd_upgrade, "Move sessions from an older key layout (Redis); once, bots stopped.")
+    sub.add_argument("--dry-run", action="store_true", help="only count what would be moved")
     sub = command("export", cmd_export, "Write every session as JSON lines: key, version, data.")
     sub.add_argument("file", metavar="FILE", nargs="?", help="output file (mode 0600), default or '-': stdout")
     sub = command(
@@ -374,7 +384,8 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--redis",
         metavar="URL",
         default=default,
-        help="the sessions on a Redis server, e.g. redis://localhost:6379/0",
+        help="the sessions on a Redis server, e.g. redis://localhost:6379/0, "
+        "or on a cluster, by any of its nodes: redis+cluster://host:port",
     )
     where.add_argument("--store", metavar="URL", default=default, help=f"the sessions of any store: {FORMS}")
     parser.add_argument(

@@ -214,8 +214,16 @@ class _Run:
             for slot in self.slots.values():
                 slot._ended = True
                 slot._run = None  # the slots and their run refer to each other: no cycle to collect
+            # A release may fail (a Redis write-back goes with it): the others are released all
+            # the same, and the first failure goes on.
+            failure: BaseException | None = None
             while self._held:
-                self._held.pop().__exit__(None, None, None)
+                try:
+                    self._held.pop().__exit__(None, None, None)
+                except BaseException as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
 
 
 AnyRun: TypeAlias = "_Run | _Slot"

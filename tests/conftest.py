@@ -12,7 +12,7 @@ import pytest
 from botrunner import JOIN_TIMEOUT, Started
 from fakebotapi import FakeBotAPI
 from hookstorage import HookStorage
-from redisserver import redis_server
+from redisserver import SentinelSet, redis_cluster, redis_sentinel, redis_server
 
 from simplesession import FileStorage, MemoryStorage, RedisStorage, Storage
 from simplesession.bot import Bot
@@ -33,6 +33,20 @@ def redis_url() -> Iterator[str]:
     """A Redis server for the whole test session: $SIMPLESESSION_TEST_REDIS_URL, or one started here."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_ports() -> Iterator[list[int]]:
+    """The ports of a 3-primary Redis Cluster on 127.0.0.1, made for the test session."""
+    with redis_cluster() as ports:
+        yield ports
+
+
+@pytest.fixture
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A master, a replica and a sentinel on 127.0.0.1, made for one test (failovers change them)."""
+    with redis_sentinel() as made:
+        yield made
 
 
 @pytest.fixture
@@ -99,7 +113,7 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
         # Redis's idle clock is the key's expiry: what is left of the ttl.
         assert storage.ttl is not None
         left = storage.ttl - seconds
-        name = f"{storage.prefix}s:{key}".encode()
+        name = storage._name(key)
         if left > 0:
             storage.client.pexpire(name, int(left * 1000))
         else:

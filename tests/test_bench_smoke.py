@@ -65,3 +65,18 @@ def test_smoke_run_without_node_makes_a_results_table_offline(tmp_path: Path) ->
     assert "(grammy-file@storage): --no-node" in text
     assert "(grammy-session@framework): --no-node" in text
     assert raw.stat().st_size > 0
+
+
+def test_the_redis_pair_runs_and_makes_its_table(redis_url: str) -> None:
+    script = _run_py().parent / "redis_paired.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--redis-url", redis_url, "--runs", "1", "--ops", "20", "--sessions", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| W")]
+    assert [row.split("|")[1].strip() for row in rows] == ["W1", "W2"]

@@ -234,11 +234,11 @@ def test_a_48_mib_file_costs_next_to_no_memory_and_is_set_aside_unread(tmp_path:
 
 def test_a_48_mib_redis_value_is_never_fetched_and_is_set_aside(redis_url: str, redis_prefix: str) -> None:
     storage = RedisStorage(redis_url, prefix=redis_prefix)
-    storage.client.set(f"{redis_prefix}s:big", FLAT_48_MIB)
+    storage.client.set(storage._name("big"), FLAT_48_MIB)
     found, grew = measure_read("redis", redis_url, "big", redis_prefix)
     assert not found
     assert grew < 4 << 20
-    [aside] = storage.client.keys(f"{redis_prefix}aside:big:*")
+    [aside] = storage.client.keys(storage._name("big") + b":aside:*")
     assert storage.client.strlen(aside) == len(FLAT_48_MIB)
 
 

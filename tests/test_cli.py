@@ -618,12 +618,12 @@ def test_import_into_redis_with_ttl_gives_each_session_the_bots_expiry(
     plain = cli(*on_redis, "import", stdin=exported)
     assert plain.returncode == 0, plain.stderr
     storage = RedisStorage(redis_url, prefix=redis_prefix)
-    assert all(storage.client.pttl(f"{redis_prefix}s:{key}") == -1 for key in SESSIONS)  # none unless asked
+    assert all(storage.client.pttl(storage._name(key)) == -1 for key in SESSIONS)  # none unless asked
 
     timed = cli(*on_redis, "import", "--ttl", "2d", stdin=exported)
     assert timed.returncode == 0, timed.stderr
     for key in SESSIONS:
-        left = storage.client.pttl(f"{redis_prefix}s:{key}")
+        left = storage.client.pttl(storage._name(key))
         assert 2 * DAY * 1000 - 60_000 < left <= 2 * DAY * 1000, key
     assert_redis_holds_exactly(storage, SESSIONS)
 

@@ -77,7 +77,7 @@ def test_copy_files_to_redis_and_back_keeps_values_versions_and_idle_clocks(
     redis = RedisStorage(redis_url, prefix=redis_prefix)
     holds_exactly(redis, SESSIONS)
     for key, seconds in idle.items():  # each expires when the bot's sweep would have removed it
-        left = redis.client.pttl(f"{redis_prefix}s:{key}") / 1000
+        left = redis.client.pttl(redis._name(key)) / 1000
         assert 30 * DAY - seconds - 60 < left <= 30 * DAY - seconds, key
     back = tmp_path / "back"
     home = cli("--prefix", redis_prefix, "copy", redis_url, f"file:{back}", *ttl)

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import forkserver
 import pytest
@@ -69,7 +69,7 @@ def storage(redis_url: str, redis_prefix: str) -> RedisStorage:
 
 
 def raw_name(storage: RedisStorage, key: str) -> bytes:
-    return f"{storage.prefix}s:{key}".encode()
+    return storage._name(key)
 
 
 def names(client: redis.Redis, pattern: str) -> list[bytes]:
@@ -230,7 +230,7 @@ def test_corrupt_value_is_set_aside_logged_and_reads_as_missing(
     client.set(raw_name(storage, "k"), raw, px=60_000)
     assert storage.read("k") is None
     assert not storage.has("k")
-    [aside] = names(client, f"{storage.prefix}aside:k:*")
+    [aside] = names(client, f"{storage.prefix}{{s:k}}:aside:*")
     assert client.get(aside) == raw  # kept as it was
     assert client.pttl(aside) == -1  # kept for good, not expired with the session
     assert list(storage.keys()) == ["good"]
@@ -246,7 +246,7 @@ def test_value_of_another_redis_type_is_set_aside(
 ) -> None:
     client.hset(raw_name(storage, "k"), "field", "value")
     assert storage.read("k") is None
-    [aside] = names(client, f"{storage.prefix}aside:k:*")
+    [aside] = names(client, f"{storage.prefix}{{s:k}}:aside:*")
     assert client.hget(aside, "field") == b"value"
     assert len(errors_logged(caplog)) == 1
 
@@ -258,7 +258,7 @@ def test_set_aside_moves_the_value_and_says_where(
     original = client.get(raw_name(storage, "k"))
     aside = storage.set_aside("k", "validate() refused it")
     assert aside is not None
-    assert aside.startswith(f"{storage.prefix}aside:k:")
+    assert aside.startswith(f"{storage.prefix}{{s:k}}:aside:")
     assert client.get(aside) == original
     assert storage.read("k") is None
     assert list(storage.keys()) == []
@@ -308,7 +308,7 @@ def test_lock_of_a_killed_holder_frees_itself_after_lock_expiry(
         holder.wait(30)
     finally:
         stop(holder)
-    assert client.exists(f"{redis_prefix}lock:k")  # a dead holder releases nothing
+    assert client.exists(f"{redis_prefix}{{s:k}}:lock")  # a dead holder releases nothing
     contender = RedisStorage(redis_url, prefix=redis_prefix, lock_timeout=0.2)
     with pytest.raises(LockTimeout), contender.lock("k"):
         pass
@@ -477,3 +477,74 @@ def test_forked_child_does_not_inherit_the_parents_locks(storage: RedisStorage) 
             os.waitpid(pid, 0)
     assert done, "the child hung"
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- the key layout before hash tags --------------------------------------------------------------
+
+
+def old_name(prefix: str, key: str) -> bytes:
+    return f"{prefix}s:{key}".encode()
+
+
+def test_upgrade_moves_sessions_of_the_old_layout_with_their_expiry_and_keeps_newer_ones(
+    storage: RedisStorage, client: redis.Redis
+) -> None:
+    def document(key: str, n: int) -> bytes:
+        return json.dumps({"format": 1, "key": key, "data": {"n": n}}).encode()
+
+    client.set(old_name(storage.prefix, "a"), document("a", 1))
+    client.set(old_name(storage.prefix, "b:é"), document("b:é", 2), px=600_000)
+    client.set(old_name(storage.prefix, "c"), document("c", 3))
+    storage.write("c", {"n": 30})  # a bot of this release wrote it already: it is newer
+    assert sorted(storage.keys()) == ["c"]
+    assert next(f for f in storage.stats().details if f.name == "old_layout").value == 3
+
+    assert storage.upgrade(dry_run=True) == (2, 1)
+    assert client.exists(old_name(storage.prefix, "a"))  # a dry run moves nothing
+    assert storage.upgrade() == (2, 1)
+    assert sorted(storage.keys()) == ["a", "b:é", "c"]
+    assert (storage.read("a"), storage.read("b:é"), storage.read("c")) == ({"n": 1}, {"n": 2}, {"n": 30})
+    assert 590_000 < client.pttl(storage._name("b:é")) <= 600_000
+    assert client.pttl(storage._name("a")) == -1
+    assert client.get(old_name(storage.prefix, "c")) == document("c", 3)  # kept for a human
+    assert storage.upgrade() == (0, 1)
+
+
+def test_the_upgrade_command_moves_the_old_layout_and_says_how_much(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    client.set(old_name(redis_prefix, "42"), b'{"format": 1, "key": "42", "data": {"count": 7}}')
+    command = ["--redis", redis_url, "--prefix", redis_prefix]
+    stats = run_python("from simplesession.cli import main; raise SystemExit(main())", *command, "stats")
+    assert "old layout:    1 (keys " in stats.stdout
+    done = run_python("from simplesession.cli import main; raise SystemExit(main())", *command, "upgrade")
+    assert (done.returncode, done.stdout) == (0, "moved 1 session to the current layout\n"), done.stderr
+    assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 7}
+
+
+# -- where a storage is, and whose its locks are ------------------------------------------------
+
+
+def test_a_sentinel_clients_storage_names_its_sentinels_and_service_and_has_locks_of_its_own(
+    storage: RedisStorage,
+) -> None:
+    from redis.sentinel import Sentinel
+
+    port = free_port()  # nothing listens: making the storage asks no server
+    sentinel: Any = cast(Any, Sentinel)([("127.0.0.1", port)])
+    by_sentinel = RedisStorage(sentinel.master_for("bots"), prefix=storage.prefix)
+    assert by_sentinel.server == f"redis+sentinel://127.0.0.1:{port}/bots/0"
+    assert "localhost" not in by_sentinel.server
+    assert by_sentinel.lock_name("k") != storage.lock_name("k")
+    replica = RedisStorage(sentinel.slave_for("bots"), prefix=storage.prefix)
+    assert replica.server.endswith("?role=replica")
+
+
+def test_clients_whose_place_cannot_be_told_never_share_locks(storage: RedisStorage) -> None:
+    one, two = redis.Redis(), redis.Redis()
+    for client in (one, two):  # pools that say nothing of where they connect
+        client.connection_pool.connection_kwargs.clear()
+    first, second = RedisStorage(one, prefix="p:"), RedisStorage(two, prefix="p:")
+    assert first.server != second.server
+    assert first.lock_name("k") != second.lock_name("k")
+    assert "6379" not in first.server

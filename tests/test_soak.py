@@ -16,19 +16,26 @@ the session it left. There is no global clock; the per-chat history is rebuilt f
   is exactly its result; if every write was followed by a reset, nothing is stored.
 
 On files a seventh process sweeps all the while with a ttl that live chats never reach,
-and pre-aged dead sessions must all be gone at the end. All processes start up first and
-then begin together, so the whole run is contended. ``SIMPLESESSION_SOAK_SECONDS`` sets how
-long the bots run (default 1.5 s per storage: a few thousand updates, dozens per chat; set
-it to minutes for a real soak); ``-m soak`` selects it.
+and pre-aged dead sessions must all be gone at the end. On Redis a second run stops one
+bot at a time (SIGSTOP) for longer than its locks' ``lock_expiry``: an update whose lock
+expired meanwhile fails with ``LockLost`` and writes nothing, so its reply is void, and the
+model must hold all the same. All processes start up first and then begin together, so the
+whole run is contended. ``SIMPLESESSION_SOAK_SECONDS`` sets how long the bots run (default
+1.5 s per storage: a few thousand updates, dozens per chat; set it to minutes for a real
+soak); ``-m soak`` selects it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import select
+import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +50,7 @@ from simplesession.storage.file import DEBRIS_AGE, TEMP_PREFIX
 pytestmark = [pytest.mark.soak, pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes")]
 
 SECONDS = float(os.environ.get("SIMPLESESSION_SOAK_SECONDS", "1.5"))
+PAUSED_SECONDS = max(SECONDS, 3.0)  # room for a few pauses of a bot past its locks' expiry
 READY_TIMEOUT = 60.0
 BOTS = 6
 CHATS = 50
@@ -53,7 +61,7 @@ INITIAL: dict[str, Any] = {"count": 0, "items": [], "last": None}
 
 BOT = """
     import copy, json, random, sys, time
-    from simplesession import Bot, FileStorage, RedisStorage, session
+    from simplesession import Bot, FileStorage, LockLost, RedisStorage, session
 
     kind, where, prefix, index, seconds, log, config = sys.argv[1:8]
     index, seconds, config = int(index), float(seconds), json.loads(config)
@@ -62,9 +70,9 @@ BOT = """
         storage = FileStorage(where, cache_size=1024 if index % 2 else 0, ttl=config["ttl"])
         sweep_interval = 0.5
     else:
-        storage = RedisStorage(where, prefix=prefix)
+        storage = RedisStorage(where, prefix=prefix, lock_expiry=config["lock_expiry"])
         sweep_interval = None
-    output = open(log, "w", encoding="utf-8")
+    output = open(log, "w", encoding="utf-8", buffering=1)  # by line: the test sees when a bot has begun
     bot = Bot(output=output)
     bot.use(session(initial=lambda: copy.deepcopy(config["initial"]), storage=storage, sweep_interval=sweep_interval))
     event = None
@@ -81,6 +89,7 @@ BOT = """
             state["last"] = event
         elif op == "reset":
             ctx.session = None
+        time.sleep(config["hold"])  # paused bots: so that a pause mostly finds one holding a lock
         reply = {"chat": ctx.chat_id, "op": op, "id": event, "seen": seen}
         if op != "reset":
             reply.update(count=state["count"], items=state["items"])
@@ -97,10 +106,16 @@ BOT = """
         n += 1
         event = f"{index}-{n}"
         message = {"message_id": n, "chat": {"id": rng.randrange(config["chats"])}, "text": rng.choice(ops)}
-        bot.handle_update({"update_id": n, "message": message})
+        try:
+            bot.handle_update({"update_id": n, "message": message})
+        except LockLost:  # paused past lock_expiry: nothing was written, so the reply is void
+            output.write(json.dumps({"void": event}) + "\\n")
     output.close()
 """
-CONFIG = json.dumps({"ttl": TTL, "initial": INITIAL, "kept": ITEMS_KEPT, "chats": CHATS})
+CONFIG = {"ttl": TTL, "initial": INITIAL, "kept": ITEMS_KEPT, "chats": CHATS, "lock_expiry": 30.0, "hold": 0}
+# Paused bots: one at a time is stopped (SIGSTOP) for longer than its locks' expiry.
+PAUSED_EXPIRY = 0.6
+PAUSE = 0.9
 
 SWEEPER = """
     import json, sys, time
@@ -146,7 +161,7 @@ def start_together(processes: list[forkserver.Process]) -> None:
         process.stdin.close()
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "redis-paused"])
 def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, Storage]]:
     """(kind, where, prefix, a storage to check the result with)."""
     if request.param == "file":
@@ -154,7 +169,25 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         yield "file", str(root), "", FileStorage(root, cache_size=0)
     else:
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        yield "redis", url, prefix, RedisStorage(url, prefix=prefix)
+        yield request.param, url, prefix, RedisStorage(url, prefix=prefix)
+
+
+def pause_bots(bots: list[forkserver.Process], logs: list[Path], done: threading.Event) -> None:
+    """Stop one bot at a time for PAUSE seconds, as a GC pause or a frozen VM would, from when
+    every bot has handled an update (starting takes a while on a busy machine) until shortly
+    before they stop."""
+    rng = random.Random(17)
+    ready_by = time.monotonic() + 60
+    while not all(log.exists() and log.stat().st_size for log in logs) and time.monotonic() < ready_by:
+        done.wait(0.05)
+    until = time.monotonic() + PAUSED_SECONDS - 1
+    while time.monotonic() < until and not done.is_set():
+        bot = rng.choice(bots)
+        with contextlib.suppress(ProcessLookupError):
+            bot.send_signal(signal.SIGSTOP)
+            done.wait(PAUSE)
+            bot.send_signal(signal.SIGCONT)
+        done.wait(0.2)
 
 
 def check_chat(chat: int, events: list[dict[str, Any]], stored: Any) -> int:
@@ -213,11 +246,18 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
             debris.append(path)
 
     logs = [tmp_path / f"bot-{i}.log" for i in range(BOTS)]
+    paused = kind == "redis-paused"
+    seconds = PAUSED_SECONDS if paused else SECONDS
+    config = json.dumps({**CONFIG, **({"lock_expiry": PAUSED_EXPIRY, "hold": 0.005} if paused else {})})
+    done = threading.Event()
     with (tmp_path / "stderr").open("w+") as errors:
         bots = [
-            start(BOT, kind, where, prefix, str(i), str(SECONDS), str(log), CONFIG, stderr=errors)
+            start(BOT, kind, where, prefix, str(i), str(seconds), str(log), config, stderr=errors)
             for i, log in enumerate(logs)
         ]
+        pauser = threading.Thread(target=pause_bots, args=(bots, logs, done))
+        if paused:
+            pauser.start()
         sweeper = None
         if kind == "file":
             sweeper = start(SWEEPER, where, str(SECONDS + 0.5), str(TTL), stderr=errors)
@@ -225,31 +265,45 @@ def test_six_bot_processes_and_a_sweeper_match_the_model_of_their_logs(
         try:
             start_together(processes)
             for process in processes:
-                assert process.wait(SECONDS + 120) == 0
+                assert process.wait(seconds + 120) == 0
             # Its one line of output fits in the pipe, so it could not stall on it.
             sweep_out = sweeper.stdout.read() if sweeper is not None and sweeper.stdout else None
         finally:
+            done.set()
+            if pauser.is_alive():
+                pauser.join(30)
             for process in processes:
                 if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
                     process.kill()
                     process.wait(30)
                 if process.stdout is not None:
                     process.stdout.close()
         errors.seek(0)
-        assert errors.read() == ""
+        # A paused bot whose update only read logs the loss of its lock, and goes on.
+        lines = errors.read().splitlines()
+        expired = [line for line in lines if paused and "expired while held" in line]
+        assert [line for line in lines if line not in expired] == []
     if sweeper is not None:
         assert json.loads(sweep_out or "")["passes"] >= 1
 
     by_chat: dict[int, list[dict[str, Any]]] = {chat: [] for chat in range(CHATS)}
+    void: set[str] = set()  # updates that failed, writing nothing: their replies count for nothing
     for log in logs:
         for line in log.read_text("utf-8").splitlines():
             event = json.loads(line)
-            by_chat[event["chat"]].append(event)
+            if "void" in event:
+                void.add(event["void"])
+            else:
+                by_chat[event["chat"]].append(event)
+    by_chat = {chat: [e for e in events if e["id"] not in void] for chat, events in by_chat.items()}
     assert sum(map(len, by_chat.values())) >= BOTS * 10, "the bots did almost nothing"
     writes = 0
     for chat, events in by_chat.items():
         writes += check_chat(chat, events, final.read(str(chat)))
     assert writes > 0
+    if paused:
+        assert void or expired, "no paused bot lost a lock: the pauses did not test fencing"
     listed = set(final.keys())
     stored = {key for key in listed if not key.startswith("dead-")}
     assert stored == {str(chat) for chat in range(CHATS) if final.read(str(chat)) is not None}

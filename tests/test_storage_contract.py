@@ -442,6 +442,15 @@ def test_stats_count_the_sessions_and_their_bytes(storage: Storage) -> None:
     assert all(isinstance(figure.name, str) for figure in stats.details)
 
 
+def test_a_store_in_the_current_layout_has_nothing_to_upgrade_and_keeps_every_session(storage: Storage) -> None:
+    storage.write("a", {"n": 1}, version=2)
+    storage.write("b", [1])
+    assert storage.upgrade(dry_run=True) == (0, 0)
+    assert storage.upgrade() == (0, 0)
+    assert sorted(storage.keys()) == ["a", "b"]
+    assert storage.read_versioned("a") == ({"n": 1}, 2)
+
+
 def test_describe_says_where_a_session_is_and_what_it_takes(storage: Storage) -> None:
     assert storage.describe("k") is None
     storage.ttl = 3600

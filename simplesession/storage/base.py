@@ -306,6 +306,12 @@ class Storage(ABC):
             expires = None if self._ttl is None else used + self._ttl
         return KeyInfo(self.where(key), len(stored[0]), used, expires)
 
+    def upgrade(self, *, dry_run: bool = False) -> tuple[int, int]:
+        """Move the sessions stored in an older layout of this storage to the current one;
+        ``(moved, kept)``, kept being those whose current name is taken by a newer value (left
+        where they are). Run it once, with the bots stopped. Most storages have nothing to do."""
+        return 0, 0
+
     def about(self) -> list[Figure]:
         """Where the storage is, as figures (the command line's ``stats`` shows them first)."""
         return [Figure("storage", "storage", repr(self))]

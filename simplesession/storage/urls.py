@@ -12,11 +12,18 @@ from .file import FileStorage
 
 __all__ = ["FORMS", "kind_of", "open_storage", "shown"]
 
-FORMS = "file:DIR, file:///ABSOLUTE/DIR, redis://HOST:PORT/DB, rediss://..., unix:///SOCKET"
+FORMS = "file:DIR, file:///ABSOLUTE/DIR, redis://HOST:PORT/DB, rediss://..., unix:///SOCKET, redis+cluster://HOST:PORT"
 """The names :func:`open_storage` takes, for messages."""
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-_KINDS = {"file": "file", "redis": "redis", "rediss": "redis", "unix": "redis"}
+_KINDS = {
+    "file": "file",
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
+}
 
 
 def open_storage(url: str, **options: Any) -> Storage:
@@ -26,7 +33,8 @@ def open_storage(url: str, **options: Any) -> Storage:
       a :class:`FileStorage` in that folder.
     - ``redis://``, ``rediss://`` (TLS) or ``unix://`` (a socket) URLs, as redis-py reads
       them: a :class:`~simplesession.RedisStorage` on that server (``prefix=`` and the
-      rest as options).
+      rest as options); ``redis+cluster://HOST:PORT`` (or ``rediss+cluster://``) for a
+      cluster, by any of its nodes.
 
     ``ValueError`` for anything else, saying which forms work.
     """

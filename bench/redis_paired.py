@@ -1,0 +1,137 @@
+"""session() + RedisStorage against a bare redis-py GET+SET loop, update by update, same server.
+
+    python bench/redis_paired.py                      # starts a redis-server on 127.0.0.1
+    python bench/redis_paired.py --redis-url redis://127.0.0.1:6379/0 --runs 5 --ops 5000
+
+The floor is the least an update can cost on Redis: GET the chat's JSON, ``json.loads``,
+change it, ``json.dumps``, SET it back; no lock, so two processes could lose updates.
+Ours is ``Bot.handle_update`` through ``session(storage=RedisStorage(...))``: lock and
+read in one script, write back and release in another, each fenced by the lock's token.
+The two take turns update by update (who goes first alternates), on the same sequence of
+chats (the W1 and W2 workloads of ``workloads.py``), each on keys of its own, so that both
+meet the server, the machine and its other load in the same state; each side's time is
+summed over its updates. Prints a Markdown table for ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+
+import peers
+import run as bench_run
+from workloads import CHANGES, sequence
+
+WORKLOADS = ("W1", "W2")
+
+
+class BareRedis:
+    """GET, change, SET with redis-py, and nothing else (SET also when nothing changed: the
+    floor is one GET and one SET, two round trips, as ours takes two)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.prefix = prefix
+
+    def populate(self, sessions: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for index in range(sessions):
+            pipe.set(self.prefix + peers.chat_key(index), json.dumps(peers.initial()))
+        pipe.execute()
+
+    def update(self, seq_no: int, index: int, change: bool) -> None:
+        name = self.prefix + peers.chat_key(index)
+        raw = self.client.get(name)
+        value = json.loads(raw) if raw is not None else peers.initial()
+        if change:
+            value["count"] += 1
+        self.client.set(name, json.dumps(value))  # the floor is GET+SET, read-only or not
+
+
+class Ours:
+    def __init__(self, url: str, prefix: str) -> None:
+        self.peer = peers.OursRedisPeer("", url=url, prefix=prefix)
+        self.driver = peers.OursMiddlewareDriver(self.peer)
+
+    def populate(self, sessions: int) -> None:
+        for index in range(sessions):
+            self.peer.storage.write(peers.chat_key(index), peers.initial())
+
+    def update(self, seq_no: int, index: int, change: bool) -> None:
+        self.driver.update(seq_no, index, change)
+
+
+def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {w: [] for w in WORKLOADS}
+    for number in range(runs):
+        sides = {"bare": BareRedis(url, f"ssbench:bare:{number}:"), "ours": Ours(url, f"ssbench:ours:{number}:")}
+        for side in sides.values():
+            side.populate(sessions)
+        for workload in WORKLOADS:
+            indexes = sequence(workload, sessions, ops, seed, number)
+            change = CHANGES[workload]
+            for side in sides.values():  # warm: connections made, scripts loaded
+                side.update(0, indexes[0], change)
+            members = list(sides.items())
+            orders = [members, members[::-1]]
+            seconds = dict.fromkeys(sides, 0.0)
+            clock = time.perf_counter
+            for seq_no, index in enumerate(indexes, 1):
+                for name, side in orders[seq_no % 2]:
+                    start = clock()
+                    side.update(seq_no, index, change)
+                    seconds[name] += clock() - start
+            results[workload].append({"ops": len(indexes), **{f"{k}_seconds": v for k, v in seconds.items()}})
+    return results
+
+
+@contextlib.contextmanager
+def server(url: str | None) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="ssbench-redis-") as work, bench_run.redis_server(work, url) as started:
+        found, why = started
+        if found is None:
+            raise SystemExit(f"no Redis server: {why}")
+        yield found
+
+
+def table(results: dict[str, list[dict[str, float]]], sessions: int) -> str:
+    lines = [
+        f"Redis on 127.0.0.1, {sessions:,} sessions, {len(results['W1'])} runs of "
+        f"{results['W1'][0]['ops']:,} updates per workload; Python {platform.python_version()}.",
+        "",
+        "| workload | bare GET+SET, updates/s | session() + RedisStorage, updates/s | ratio (median of runs) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for workload, rows in results.items():
+        bare = statistics.median(r["ops"] / r["bare_seconds"] for r in rows)
+        ours = statistics.median(r["ops"] / r["ours_seconds"] for r in rows)
+        ratio = statistics.median(r["bare_seconds"] / r["ours_seconds"] for r in rows)
+        lows = min(r["bare_seconds"] / r["ours_seconds"] for r in rows)
+        lines.append(f"| {workload} | {bare:,.0f} | {ours:,.0f} | {ratio:.2f}x (lowest {lows:.2f}x) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis-url", help="use this Redis server instead of starting one")
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--ops", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=bench_run.SEED)
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON instead")
+    args = parser.parse_args()
+    with server(args.redis_url) as url:
+        results = measure(url, args.sessions, args.ops, args.runs, args.seed)
+    print(json.dumps(results, indent=2) if args.json else table(results, args.sessions))
+
+
+if __name__ == "__main__":
+    main()

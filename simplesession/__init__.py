@@ -15,7 +15,16 @@ from .errors import (
     StorageError,
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
-from .storage import FileStorage, MemoryStorage, RedisStorage, Storage, StorageStats, SweepReport, default_directory
+from .storage import (
+    FileStorage,
+    MemoryStorage,
+    RedisStorage,
+    SQLiteStorage,
+    Storage,
+    StorageStats,
+    SweepReport,
+    default_directory,
+)
 
 if TYPE_CHECKING:
     from .bot import Bot
@@ -32,6 +41,7 @@ __all__ = [
     "MigrationError",
     "MultiSession",
     "RedisStorage",
+    "SQLiteStorage",
     "SessionDataError",
     "SessionError",
     "SessionKeyError",

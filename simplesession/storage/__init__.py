@@ -8,6 +8,7 @@ from .file import FileStorage, default_directory
 from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
 from .redis import RedisStorage
+from .sqlite import SQLiteStorage, default_database
 from .stripes import FileStripes
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable
 
@@ -23,11 +24,13 @@ __all__ = [
     "LockSpace",
     "MemoryStorage",
     "RedisStorage",
+    "SQLiteStorage",
     "Storage",
     "StorageStats",
     "Stored",
     "SweepReport",
     "Unreadable",
     "Version",
+    "default_database",
     "default_directory",
 ]

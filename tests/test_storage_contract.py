@@ -14,7 +14,16 @@ import pytest
 from conftest import make_idle
 from hookstorage import HookStorage
 
-from simplesession import FileStorage, LockTimeout, MemoryStorage, RedisStorage, SessionDataError, Storage, data
+from simplesession import (
+    FileStorage,
+    LockTimeout,
+    MemoryStorage,
+    RedisStorage,
+    SessionDataError,
+    SQLiteStorage,
+    Storage,
+    data,
+)
 from simplesession.storage.locks import Holder
 
 VALUES: list[Any] = [
@@ -577,6 +586,7 @@ BACKEND_EXTRAS = {
     MemoryStorage: {"set_aside_values"},
     RedisStorage: {"client", "server", "prefix", "lock_expiry"},
     HookStorage: {"clock", "aside"},
+    SQLiteStorage: set(),
 }
 
 

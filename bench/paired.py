@@ -17,7 +17,8 @@ what the temporary file and the rename cost on the disk at hand.
 
 SQLiteStorage and diskcache, the other store on SQLite (both WAL, ``synchronous=NORMAL``), take
 turns the same way, each with a database of its own: alone (``sqlite-storage``), and through
-``session()`` (``sqlite-framework``), where diskcache is a storage of the user's own.
+``session()`` (``sqlite-framework``), where diskcache is a storage of the user's own, locked
+within the process by the middleware, and once more with ``diskcache.Lock`` as its ``lock``.
 
 Started by ``run.py`` as ``python paired.py`` with a JSON spec on stdin; prints JSON.
 """
@@ -34,6 +35,7 @@ from typing import Any
 
 from peers import (
     CachelibPeer,
+    DiskcacheLockedPeer,
     DiskcachePeer,
     Driver,
     FloorPeer,
@@ -62,6 +64,8 @@ def drivers_of(level: str, root: str) -> dict[str, Driver]:
         drivers: dict[str, Driver] = {"ours": wrap(OursSQLitePeer(os.path.join(root, "sqlite")))}
         if HAVE_DISKCACHE:
             drivers["diskcache"] = wrap(DiskcachePeer(os.path.join(root, "diskcache")))
+            if level == "sqlite-framework":  # a lock across processes, as ours: only the middleware takes one
+                drivers["diskcache_locked"] = wrap(DiskcacheLockedPeer(os.path.join(root, "diskcache-locked")))
         return drivers
     drivers = {"floor": StorageDriver(FloorPeer(root)), "ours": PAIRS[level](root)}
     if HAVE_CACHELIB:

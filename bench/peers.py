@@ -179,6 +179,16 @@ class DiskcachePeer(Peer):
     def delete(self, key: str) -> None:
         self.cache.delete(key)
 
+
+class DiskcacheLockedPeer(DiskcachePeer):
+    """DiskcachePeer whose ``lock(key)`` is ``diskcache.Lock``, which the middleware takes for each
+    update: a lock across processes, as SQLiteStorage's (though not freed when its holder dies)."""
+
+    def lock(self, key: str) -> Any:
+        import diskcache
+
+        return diskcache.Lock(self.cache, f"lock:{key}")
+
     def close(self) -> None:
         self.cache.close()
 
@@ -779,6 +789,14 @@ CONFIGS: list[Config] = [
         crash_safety=_DISKCACHE,
         requires=("diskcache",),
         make=_framework(lambda root, _: DiskcachePeer(root)),
+    ),
+    Config(
+        "diskcache-locked",
+        "framework",
+        title="session() + diskcache.Cache, locked by diskcache.Lock",
+        crash_safety=_DISKCACHE,
+        requires=("diskcache",),
+        make=_framework(lambda root, _: DiskcacheLockedPeer(root)),
     ),
     *_ours(
         "ours-memory",

@@ -137,6 +137,15 @@ def test_the_default_database_is_beside_the_default_file_store(tmp_path: Path, m
     assert SQLiteStorage(app_name="mybot").database == tmp_path / "data" / "mybot" / "sessions.db"
 
 
+def test_an_sqlite_too_old_for_the_schema_is_refused_saying_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 30, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.30.1")
+    with pytest.raises(
+        StorageError, match=r"needs SQLite 3\.31 or later.*has 3\.30\.1: use a newer Python, or FileStorage"
+    ):
+        SQLiteStorage()
+
+
 # -- concurrency within a process ----------------------------------------------------------------------
 
 

@@ -96,6 +96,7 @@ _SAME = " WHERE key = ? AND stamp = ?"
 _STILL_TOO_LARGE = " WHERE key = ? AND NOT size <= (CASE WHEN format = 1 THEN ? ELSE ? END)"
 _STATS = f"SELECT count(*), total({_STORED}), min(CAST(used AS REAL)), max(CAST(used AS REAL)) FROM sessions"
 _SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_BUSY, _SQLITE_LOCKED = 11, 26, 5, 6
+OLDEST_SQLITE = (3, 31)  # generated columns; upserts came in 3.24
 
 
 def default_database(app_name: str = "simplesession") -> Path:
@@ -156,6 +157,11 @@ class SQLiteStorage(Storage):
         trust_folder: bool = False,
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
+        if sqlite3.sqlite_version_info < OLDEST_SQLITE:
+            raise StorageError(
+                f"SQLiteStorage needs SQLite {'.'.join(map(str, OLDEST_SQLITE))} or later, and this Python's "
+                f"sqlite3 module has {sqlite3.sqlite_version}: use a newer Python, or FileStorage"
+            )
         self.database = Path(os.path.abspath(default_database(app_name) if path is None else path))
         self.fsync = bool(fsync)
         self.trust_folder = bool(trust_folder)

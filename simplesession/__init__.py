@@ -15,19 +15,11 @@ from .errors import (
     StorageError,
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
-from .storage import (
-    FileStorage,
-    MemoryStorage,
-    RedisStorage,
-    SQLiteStorage,
-    Storage,
-    StorageStats,
-    SweepReport,
-    default_directory,
-)
+from .storage import FileStorage, MemoryStorage, RedisStorage, Storage, StorageStats, SweepReport, default_directory
 
 if TYPE_CHECKING:
     from .bot import Bot
+    from .storage.sqlite import SQLiteStorage
 
 __version__ = "0.1.0.dev0"
 
@@ -65,6 +57,10 @@ def __getattr__(name: str) -> Any:
         from .bot import Bot
 
         return Bot
+    if name == "SQLiteStorage":  # sqlite3 only for the bots that use it
+        from .storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

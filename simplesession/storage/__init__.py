@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import Storage
 from .document import Version
 from .file import FileStorage, default_directory
 from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
 from .redis import RedisStorage
-from .sqlite import SQLiteStorage, default_database
 from .stripes import FileStripes
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable
+
+if TYPE_CHECKING:
+    from .sqlite import SQLiteStorage, default_database
 
 __all__ = [
     "Figure",
@@ -34,3 +38,16 @@ __all__ = [
     "default_database",
     "default_directory",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # sqlite3 (three modules, a few milliseconds) is loaded by the bots that use SQLiteStorage only.
+    if name in ("SQLiteStorage", "default_database"):
+        from . import sqlite
+
+        return getattr(sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

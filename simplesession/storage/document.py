@@ -48,7 +48,11 @@ class BadDocument(ValueError):
 
 def check_version(version: object) -> Version:
     """``version`` if it is a session version (an int or a finite float), else ``TypeError``."""
-    if type(version) not in (int, float) or not math.isfinite(version):  # type: ignore[arg-type]
+    try:
+        usable = type(version) in (int, float) and math.isfinite(version)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond a float's range
+        usable = False
+    if not usable:
         raise TypeError(f"a session version is an int or a finite float, not {type(version).__name__} {version!r}")
     return version  # type: ignore[return-value]
 

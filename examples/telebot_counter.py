@@ -1,6 +1,6 @@
 """The counter bot on pyTelegramBotAPI: /count counts the commands of each chat.
 
-Needs pyTelegramBotAPI (pip install 'simplesession[telebot]') and BOT_TOKEN.
+Needs pyTelegramBotAPI (pip install -e '.[telebot]' in the checkout) and BOT_TOKEN.
 TELEGRAM_API_URL points it at another Bot API server, such as a self-hosted one.
 Sessions are kept under the app name "telebot_counter", apart from the other examples'.
 """

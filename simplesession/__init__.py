@@ -15,7 +15,16 @@ from .errors import (
     StorageError,
 )
 from .session import MultiSession, SessionMiddleware, lazy_session, multi_session, session
-from .storage import FileStorage, MemoryStorage, RedisStorage, Storage, StorageStats, SweepReport, default_directory
+from .storage import (
+    FileStorage,
+    MemoryStorage,
+    RedisStorage,
+    Storage,
+    StorageStats,
+    SweepReport,
+    default_directory,
+    open_storage,
+)
 
 if TYPE_CHECKING:
     from .bot import Bot
@@ -45,6 +54,7 @@ __all__ = [
     "default_directory",
     "lazy_session",
     "multi_session",
+    "open_storage",
     "session",
 ]
 

@@ -23,9 +23,10 @@ from . import __version__, data
 from ._console import DURATION_HELP, PROG, LogHandler, Progress, format_duration, human, iso, parse_duration, plural
 from .errors import SessionError
 from .keys import key_bytes
-from .storage import FileStorage, RedisStorage, Storage, StorageStats, default_directory
+from .storage import Storage, StorageStats, default_directory
 from .storage._fs import flush_to_disk
 from .storage.document import check_version
+from .storage.urls import FORMS, kind_of, open_storage
 
 __all__ = ["build_parser", "format_duration", "main", "parse_duration"]
 
@@ -38,7 +39,7 @@ def _existing(storage: Storage) -> Storage:
     """``storage``, or :class:`CliError` if it is not there (most likely a wrong --dir/--app)."""
     why = storage.missing()
     if why is not None:
-        raise CliError(f"no sessions at {storage.location} ({why}); use --dir or --app")
+        raise CliError(f"no sessions at {storage.location} ({why}); name the store with --dir, --app or --store")
     return storage
 
 
@@ -259,6 +260,35 @@ def cmd_import(storage: Storage, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(_: Storage | None, args: argparse.Namespace) -> int:
+    source = _existing(_storage(args, args.source))
+    target = _storage(args, args.target, ttl=args.ttl)
+    if source.location == target.location:
+        raise CliError(f"{source.location} is both the source and the target: copy it somewhere else")
+    # A copy changes nothing where it reads: a corrupt session is reported and left there.
+    source.set_aside_corrupt = False
+    keys = list(source.keys())
+    copied = skipped = 0
+    with Progress("copying") as progress:
+        for done, key in enumerate(keys, 1):
+            found = source.read_versioned(key)
+            info = source.describe(key)
+            if found is not None and info is not None:  # else deleted meanwhile
+                used = info.used
+                if used is None and info.expires is not None and args.ttl is not None:
+                    used = info.expires - args.ttl  # a place that expires sessions keeps no last use
+                with target.lock(key):
+                    if args.skip_existing and target.has(key):
+                        skipped += 1
+                    else:
+                        target.restore(key, found[0], version=found[1], used=used)
+                        copied += 1
+            progress(done, len(keys))
+    kept = f", kept {plural(skipped, 'session')} it had" if args.skip_existing else ""
+    print(f"copied {plural(copied, 'session')} from {source.location} to {target.location}{kept}")
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------
 
 
@@ -316,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--replace", action="store_false", dest="skip_existing", help="overwrite sessions (default)")
     mode.add_argument("--skip-existing", action="store_true", help="keep sessions that already exist")
     sub.set_defaults(skip_existing=False)
+    sub = command("copy", cmd_copy, "Copy every session from one store to another, with its version and idle clock.")
+    sub.add_argument("source", metavar="SOURCE", help=f"the store to copy from: {FORMS}")
+    sub.add_argument("target", metavar="TARGET", help="the store to copy into, named the same way")
+    sub.add_argument(
+        "--ttl",
+        type=parse_duration,
+        metavar="DURATION",
+        help="the bots' ttl: sessions copied into Redis expire as they would have where they were, "
+        f"and those copied from Redis keep their idle time; {DURATION_HELP}",
+    )
+    sub.add_argument("--skip-existing", action="store_true", help="keep sessions the target already has")
     return parser
 
 
@@ -335,6 +376,7 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="the sessions on a Redis server, e.g. redis://localhost:6379/0",
     )
+    where.add_argument("--store", metavar="URL", default=default, help=f"the sessions of any store: {FORMS}")
     parser.add_argument(
         "--trust-folder",
         action="store_true",
@@ -350,17 +392,33 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _storage(args: argparse.Namespace) -> Storage:
+def _url(args: argparse.Namespace) -> str:
+    """The store the options name, as a URL (``--dir``/``--app``: a folder, ``file:`` relative or absolute)."""
+    if args.store is not None:
+        return str(args.store)
     if args.redis is not None:
-        try:
-            prefix = "simplesession:" if args.prefix is None else args.prefix
-            return RedisStorage(args.redis, prefix=prefix, ttl=args.ttl if args.command == "import" else None)
-        except ImportError as error:
-            raise CliError(str(error)) from None
+        return str(args.redis)
     # --app finds the folder FileStorage(app_name=...) uses in the bot, $SIMPLESESSION_DIR included.
     directory = Path(args.dir).expanduser() if args.dir is not None else default_directory(args.app or "simplesession")
-    # Every command reads each session once at most: no cache.
-    return FileStorage(directory, cache_size=0, trust_folder=args.trust_folder)
+    path = os.path.abspath(directory)
+    if path.startswith("//"):  # POSIX lets "//x" mean its own thing; here it is "/x", and not a URL's host
+        path = "/" + path.lstrip("/")
+    return f"file:{path}"
+
+
+def _storage(args: argparse.Namespace, url: str | None = None, *, ttl: float | None = None) -> Storage:
+    """The storage at ``url`` (default: the one the options name), with the options that apply to its kind."""
+    url = _url(args) if url is None else url
+    options: dict[str, Any] = {}
+    if kind_of(url) == "file":
+        # Every command reads each session once at most: no cache.
+        options.update(cache_size=0, trust_folder=args.trust_folder)
+    else:
+        options.update(prefix="simplesession:" if args.prefix is None else args.prefix, ttl=ttl)
+    try:
+        return open_storage(url, **options)
+    except ImportError as error:
+        raise CliError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,16 +426,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        given = [f"--{name}" for name in ("dir", "app", "redis") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("dir", "app", "redis", "store") if getattr(args, name) is not None]
         if len(given) > 1:  # one before the command and one after it, which the group cannot see
             parser.error(f"argument {given[1]}: not allowed with argument {given[0]}")
-        if args.prefix is not None and args.redis is None:
-            parser.error("argument --prefix: only with --redis")
-        if args.trust_folder and args.redis is not None:
-            parser.error("argument --trust-folder: only with a folder (--dir or --app)")
-        if args.command == "import" and args.ttl is not None and args.redis is None:
+        if args.command == "copy" and given:
+            parser.error(f"argument {given[0]}: copy takes its two stores as SOURCE and TARGET")
+        try:
+            kinds = [kind_of(url) for url in ((args.source, args.target) if args.command == "copy" else (_url(args),))]
+        except ValueError as error:
+            parser.error(str(error))
+        if args.prefix is not None and "redis" not in kinds:
+            parser.error("argument --prefix: only with a Redis store (--redis, or --store redis://...)")
+        if args.trust_folder and "file" not in kinds:
+            parser.error("argument --trust-folder: only with a folder (--dir, --app, or --store file:...)")
+        if args.command == "import" and args.ttl is not None and kinds != ["redis"]:
             # A file's idle clock is its modification time, which the import sets to now.
-            parser.error("argument --ttl: only with --redis (imported files count as used now; sweep --ttl ages them)")
+            parser.error("argument --ttl: only into Redis (imported files count as used now; sweep --ttl ages them)")
     except SystemExit as stop:  # --help, or a usage error argparse has reported
         return stop.code if isinstance(stop.code, int) else 2
     logger = logging.getLogger("simplesession")
@@ -385,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        status: int = args.func(_storage(args), args)
+        storage = None if args.command == "copy" else _storage(args, ttl=args.ttl if args.command == "import" else None)
+        status: int = args.func(storage, args)
         sys.stdout.flush()
         if handler.errors and status == 0:
             print(f"{PROG}: error: {_incomplete(args.command, handler.errors)}", file=sys.stderr)

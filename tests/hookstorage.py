@@ -7,6 +7,7 @@ line run on it like on the built-in storages.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,12 @@ class HookStorage(Storage):
                 return None
             self._docs[key] = (found[0], self.clock, found[2])
         return self.clock, found[2]
+
+    def _set_used(self, key: str, used: float) -> None:
+        with self._mutex:
+            found = self._docs.get(key)
+            if found is not None:  # as long ago on this clock as ``used`` is on the wall clock
+                self._docs[key] = (found[0], self.clock - (time.time() - used), found[2])
 
     def _scan(self, clock: bool) -> Iterator[list[Listed]]:
         with self._mutex:

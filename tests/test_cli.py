@@ -634,7 +634,7 @@ def test_import_ttl_without_redis_is_a_usage_error_and_imports_nothing(folder: P
     target = tmp_path / "target"
     result = cli("--dir", str(target), "import", "--ttl", "30d", stdin=exported)
     assert result.returncode == 2
-    assert "--ttl: only with --redis" in result.stderr
+    assert "--ttl: only into Redis" in result.stderr
     assert not target.exists()
 
 
@@ -699,7 +699,7 @@ def test_every_command_works_on_a_storage_written_with_only_the_hooks(
     storage = HookStorage()
     for key, (value, version) in SESSIONS.items():
         storage.write(key, value, version=version)
-    monkeypatch.setattr(cli_module, "_storage", lambda args: storage)
+    monkeypatch.setattr(cli_module, "_storage", lambda *args, **options: storage)
 
     def run(*argv: str) -> tuple[int, str, str]:
         status = cli_module.main(list(argv))

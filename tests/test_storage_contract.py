@@ -605,3 +605,21 @@ def test_a_backend_adds_no_public_method_to_the_base(cls: type[Storage], tmp_pat
     extra = {name for name in dir(cls) if not name.startswith("_")} - set(dir(Storage))
     assert extra <= BACKEND_EXTRAS[cls]
     assert not any(callable(getattr(cls, name, None)) for name in extra)
+
+
+def test_restore_keeps_the_version_and_the_idle_clock_it_is_given(storage_with: Any) -> None:
+    # What a copy between stores relies on: the session expires when it would have where it was.
+    day = 86400.0
+    storage = storage_with(ttl=30 * day)
+    used = time.time() - 3 * day
+    storage.restore("moved", {"n": 1}, version=2, used=used)
+    storage.restore("fresh", {"n": 2})
+    for key, when in (("moved", used), ("fresh", time.time())):
+        info = storage.describe(key)  # which, unlike a read, leaves the clock alone
+        assert info is not None
+        # Places that expire sessions themselves report the expiry instead of the last use.
+        last = info.used if info.used is not None else info.expires - 30 * day
+        assert abs(last - when) < 60, key
+    assert storage.read_versioned("moved") == ({"n": 1}, 2)
+    storage.restore("moved", None)
+    assert storage.read("moved") is None

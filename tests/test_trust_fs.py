@@ -252,6 +252,24 @@ CHILD = """
 """
 
 
+def without_root_powers(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Python with ``argv``, as root without the power to override permissions (so as any user)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv to drop root's power over permissions")
+    result = subprocess.run(
+        [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+        check=False,
+    )
+    if result.returncode and "setpriv:" in result.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
+    return result
+
+
 @as_root
 def test_a_store_this_user_cannot_write_serves_reads(tmp_path: Path) -> None:
     # Its folders 0500, seen by root without the power to override permissions (which is
@@ -260,26 +278,7 @@ def test_a_store_this_user_cannot_write_serves_reads(tmp_path: Path) -> None:
     FileStorage(root).write("42", {"count": 3})
     for path in [root, *root.rglob("*")]:
         path.chmod(0o500 if path.is_dir() else 0o400)
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv to drop root's power over permissions")
-    result = subprocess.run(
-        [
-            setpriv,
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-c",
-            textwrap.dedent(CHILD),
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-        check=False,
-    )
-    if result.returncode and "setpriv" in result.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
+    result = without_root_powers("-c", textwrap.dedent(CHILD), str(root))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [{"count": 3}, "EACCES"]
     root.chmod(0o700)
@@ -301,24 +300,6 @@ def test_a_folder_of_root_is_trusted_by_every_user(tmp_path: Path, monkeypatch: 
     refused(lambda: FileStorage(others).read("42"), "belongs to", str(NOBODY), "(uid 1000)")
 
 
-def run_without_root_powers(*args: str) -> subprocess.CompletedProcess[str]:
-    """The command line, as root without the power to override permissions (so as any user)."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv to drop root's power over permissions")
-    result = subprocess.run(
-        [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "simplesession", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-        check=False,
-    )
-    if result.returncode and "setpriv:" in result.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
-    return result
-
-
 @as_root
 @pytest.mark.parametrize("closed", ["the store's own", "the folder it is in", "a shard"])
 def test_a_folder_that_cannot_be_opened_is_named_with_its_mode_and_the_session_is_kept(
@@ -334,7 +315,7 @@ def test_a_folder_that_cannot_be_opened_is_named_with_its_mode_and_the_session_i
         for command in (["show", "42"], ["rm", "42"], ["ls"], ["stats"]):
             if closed == "a shard" and command == ["ls"]:
                 continue  # the listing opens the shards only to look into them: stats does
-            result = run_without_root_powers(*command, "--dir", str(root))
+            result = without_root_powers("-m", "simplesession", *command, "--dir", str(root))
             lines = result.stderr.splitlines()
             assert result.returncode == 1, (command, result)
             assert len(lines) == 1, (command, result.stderr)

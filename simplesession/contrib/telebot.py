@@ -29,7 +29,8 @@ try:
     from telebot.handler_backends import BaseMiddleware
 except ImportError as exc:  # only this module needs telebot, an optional extra
     raise ImportError(
-        "simplesession.contrib.telebot needs pyTelegramBotAPI: pip install 'simplesession[telebot]'"
+        "simplesession.contrib.telebot needs pyTelegramBotAPI: pip install pyTelegramBotAPI "
+        "(or, in a checkout of simplesession: pip install -e '.[telebot]')"
     ) from exc
 
 from ..context import Context

@@ -11,6 +11,7 @@ from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
 from .redis import RedisStorage
 from .stripes import FileStripes
+from .urls import open_storage
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "Version",
     "default_database",
     "default_directory",
+    "open_storage",
 ]
 
 

@@ -199,6 +199,16 @@ class Storage(ABC):
         check_size(key, raw, self._max_size)
         self._store(key, value, raw, version)
 
+    def restore(self, key: str, value: Any, *, version: Version | None = None, used: float | None = None) -> None:
+        """Store ``value`` as :meth:`write` does, and set its idle clock to ``used`` (a
+        ``time.time()``; ``None``: now), so that a session moved from another store expires
+        when it would have there. A place that cannot set the clock starts it now."""
+        self.write(key, value, version=version)
+        if used is not None and value is not None:
+            if self._cache is not None:
+                self._cache.discard(key)
+            self._set_used(key, used)
+
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
         check_key(key)
@@ -416,6 +426,11 @@ class Storage(ABC):
     def _touch(self, key: str, stamp: Hashable) -> Hashable | None:
         """Reset the idle clock of what is stored under ``key``; its new stamp, or ``None`` if it could not."""
         raise NotImplementedError(f"{type(self).__name__} keeps no idle clock, so it cannot expire sessions")
+
+    def _set_used(self, key: str, used: float) -> None:
+        """Set the idle clock of what is stored under ``key`` to ``used`` (a ``time.time()``),
+        for :meth:`restore`; by default the clock stays as the write left it."""
+        return  # optional: a place without an idle clock of its own has nothing to set
 
     def _idle(self, key: str) -> tuple[float, int] | None:
         """``(age, size)`` of what is stored under ``key`` now, or ``None``: the sweep's re-check."""

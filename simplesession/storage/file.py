@@ -290,6 +290,13 @@ class FileStorage(Storage):
             return None
         return stamp[0], now, stamp[2]
 
+    def _set_used(self, key: str, used: float) -> None:
+        folder, name, _ = self._places.get(key) or self._locate_new(key)
+        try:
+            folder.set_times(name, int(used * 1e9) | 1)  # odd, as a write's (see Folder.replace)
+        except OSError as exc:
+            raise self._error("set the idle clock of", key, folder.file(name), exc) from exc
+
     def _idle(self, key: str) -> tuple[float, int] | None:
         st = self._status(self._locate(key), key, "remove the idle")
         return None if st is None else ((time.time_ns() - st.st_mtime_ns) / 1e9, st.st_size)

@@ -89,6 +89,12 @@ class MemoryStorage(Storage):
             item = self._items[key] = item._replace(used=time.monotonic())
         return item
 
+    def _set_used(self, key: str, used: float) -> None:
+        with self._mutex:
+            item = self._items.get(key)
+            if item is not None:  # the clock is monotonic: as long ago as ``used`` is
+                self._items[key] = item._replace(used=time.monotonic() - max(0.0, time.time() - used))
+
     def _scan(self, clock: bool) -> Iterator[list[Listed]]:
         now = time.monotonic()
         with self._mutex:

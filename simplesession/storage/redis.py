@@ -232,6 +232,15 @@ class RedisStorage(Storage):
         except self._failure as exc:
             raise self._error("delete", key, exc) from exc
 
+    def _set_used(self, key: str, used: float) -> None:
+        # Its expiry is its idle clock: with a ttl, the session expires as long after ``used``.
+        if self.ttl is None:
+            return
+        try:
+            self.client.pexpire(self._name(key), _ms(self.ttl - max(0.0, time.time() - used)))
+        except self._failure as exc:
+            raise self._error("set the expiry of", key, exc) from exc
+
     def _scan(self, clock: bool) -> Iterator[list[Listed]]:
         # Redis keeps no last use to report: its expiry does the work of an idle clock.
         start = len(self._sessions)

@@ -82,6 +82,7 @@ _PUT = (
 )
 _DELETE = "DELETE FROM sessions WHERE key = ?"
 _TOUCH = "UPDATE sessions SET used = ? WHERE key = ? AND stamp = ?"
+_SET_USED = "UPDATE sessions SET used = ? WHERE key = ?"
 # What a session takes as stored: the bytes of its key, version and value.
 _STORED = "size + length(CAST(key AS BLOB)) + ifnull(length(CAST(version AS BLOB)), 0)"
 _IDLE = f"SELECT CAST(used AS REAL), {_STORED} FROM sessions WHERE key = ?"
@@ -275,6 +276,9 @@ class SQLiteStorage(Storage):
         except sqlite3.Error as exc:
             raise self._error("refresh the idle clock of", key, exc) from exc
         return (stamp[0], now) if touched else None
+
+    def _set_used(self, key: str, used: float) -> None:
+        self._query(_SET_USED, (used, key), "set the idle clock of", key)
 
     def _idle(self, key: str) -> tuple[float, int] | None:
         row = self._query(_IDLE, (key,), "remove the idle", key)

@@ -1,0 +1,62 @@
+"""``open_storage(url)``: one name for any store, as the command line's ``--store`` takes it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from simplesession import FileStorage, RedisStorage, open_storage
+
+
+def test_a_relative_file_url_is_a_folder_under_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("file:bot/sessions", ttl=60)
+    assert isinstance(storage, FileStorage)
+    assert storage.ttl == 60  # options reach the constructor
+    storage.write("42", {"count": 1})
+    assert FileStorage(tmp_path / "bot" / "sessions").read("42") == {"count": 1}
+
+
+def test_an_absolute_file_url_is_decoded_and_a_tilde_is_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "with space"
+    storage = open_storage(f"file://{tmp_path}/with%20space")
+    assert isinstance(storage, FileStorage)
+    assert storage.directory == folder
+    assert open_storage(f"file://localhost{folder}").directory == folder  # type: ignore[attr-defined]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert open_storage("file:~/sessions").directory == tmp_path / "sessions"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("file://elsewhere/srv/sessions", ["host 'elsewhere'", "only local folders"]),
+        ("file:", ["names no folder"]),
+        ("file:///srv/x?mode=ro", ["no ?query"]),
+        ("/srv/sessions", ["file:/srv/sessions", "redis://"]),
+        ("sessions", ["file:sessions"]),
+        ("mongodb://u:secret@db/sessions", ["mongodb", "file:DIR", "redis://"]),
+    ],
+)
+def test_a_url_that_names_no_store_is_refused_saying_which_forms_work(url: str, words: list[str]) -> None:
+    with pytest.raises(ValueError, match=re.escape(words[0])) as info:
+        open_storage(url)
+    for word in words:
+        assert word in str(info.value), info.value
+    assert "secret" not in str(info.value)  # a password is never echoed
+
+
+def test_something_else_than_a_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="URL string"):
+        open_storage(Path("/srv/sessions"))  # type: ignore[arg-type]
+
+
+def test_a_redis_url_is_a_redis_storage_with_its_options(redis_url: str, redis_prefix: str) -> None:
+    storage = open_storage(redis_url, prefix=redis_prefix)
+    assert isinstance(storage, RedisStorage)
+    storage.write("42", {"count": 2})
+    assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 2}

@@ -15,6 +15,11 @@ are named by hash, in one folder). So does, beside FileStorage alone, the floor 
 crash safety (``InPlacePeer``: each write straight over the session file), which shows
 what the temporary file and the rename cost on the disk at hand.
 
+SQLiteStorage and diskcache, the other store on SQLite (both WAL, ``synchronous=NORMAL``), take
+turns the same way, each with a database of its own: alone (``sqlite-storage``), and through
+``session()`` (``sqlite-framework``), where diskcache is a storage of the user's own, locked
+within the process by the middleware, and once more with ``diskcache.Lock`` as its ``lock``.
+
 Started by ``run.py`` as ``python paired.py`` with a JSON spec on stdin; prints JSON.
 """
 
@@ -28,29 +33,58 @@ import sys
 import time
 from typing import Any
 
-from peers import CachelibPeer, Driver, FloorPeer, InPlacePeer, OursFilePeer, OursMiddlewareDriver, StorageDriver
+from peers import (
+    CachelibPeer,
+    DiskcacheLockedPeer,
+    DiskcachePeer,
+    Driver,
+    FloorPeer,
+    InPlacePeer,
+    OursFilePeer,
+    OursMiddlewareDriver,
+    OursSQLitePeer,
+    StorageDriver,
+)
 from workloads import CHANGES, WORKLOADS, peak_rss_kb, sequence
 
-HAVE_CACHELIB = importlib.util.find_spec("cachelib") is not None  # not installed: its turn is skipped
+# Not installed: its turn is skipped.
+HAVE_CACHELIB = importlib.util.find_spec("cachelib") is not None
+HAVE_DISKCACHE = importlib.util.find_spec("diskcache") is not None
 PAIRS = {
     "storage": lambda root: StorageDriver(OursFilePeer(root)),
     "framework": lambda root: OursMiddlewareDriver(OursFilePeer(root)),
 }
+SQLITE_LEVELS = {"sqlite-storage": StorageDriver, "sqlite-framework": OursMiddlewareDriver}
+
+
+def drivers_of(level: str, root: str) -> dict[str, Driver]:
+    """The drivers that take turns at ``level``, ours as ``ours``, each store under ``root``."""
+    if level in SQLITE_LEVELS:
+        wrap = SQLITE_LEVELS[level]
+        drivers: dict[str, Driver] = {"ours": wrap(OursSQLitePeer(os.path.join(root, "sqlite")))}
+        if HAVE_DISKCACHE:
+            drivers["diskcache"] = wrap(DiskcachePeer(os.path.join(root, "diskcache")))
+            if level == "sqlite-framework":  # a lock across processes, as ours: only the middleware takes one
+                drivers["diskcache_locked"] = wrap(DiskcacheLockedPeer(os.path.join(root, "diskcache-locked")))
+        return drivers
+    drivers = {"floor": StorageDriver(FloorPeer(root)), "ours": PAIRS[level](root)}
+    if HAVE_CACHELIB:
+        drivers["cachelib"] = StorageDriver(CachelibPeer(os.path.join(root, "cachelib")))
+    if level == "storage":
+        drivers["inplace"] = StorageDriver(InPlacePeer(os.path.join(root, "inplace")))
+    return drivers
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     sessions = spec["sessions"]
-    out: dict[str, Any] = {"sessions": sessions, "pairs": {level: {w: [] for w in WORKLOADS} for level in PAIRS}}
+    levels = [*(PAIRS if spec.get("files", True) else ()), *(SQLITE_LEVELS if spec.get("sqlite") else ())]
+    out: dict[str, Any] = {"sessions": sessions, "pairs": {level: {w: [] for w in WORKLOADS} for level in levels}}
     # Each run gets folders of its own, filled afresh: where their blocks land differs from
     # run to run, so the median over the runs is not one placement's luck.
     for run in range(spec["runs"]):
-        for level, make in PAIRS.items():
+        for level in levels:
             root = os.path.join(spec["root"], f"{level}-{run}")
-            drivers: dict[str, Driver] = {"floor": StorageDriver(FloorPeer(root)), "ours": make(root)}
-            if HAVE_CACHELIB:
-                drivers["cachelib"] = StorageDriver(CachelibPeer(os.path.join(root, "cachelib")))
-            if level == "storage":
-                drivers["inplace"] = StorageDriver(InPlacePeer(os.path.join(root, "inplace")))
+            drivers = drivers_of(level, root)
             for driver in drivers.values():
                 driver.populate(sessions)
                 driver.prepare()

@@ -160,17 +160,34 @@ class InPlacePeer(FloorPeer):
 
 
 class DiskcachePeer(Peer):
+    """``diskcache.Cache``; through ``session()`` it is a storage of the user's own (read, write,
+    delete), locked within the process only, as the middleware locks such a storage."""
+
     def __init__(self, root: str) -> None:
         super().__init__(root)
         import diskcache
 
         self.cache = diskcache.Cache(root)
+        self.storage = self
 
     def read(self, key: str) -> dict[str, Any] | None:
         return self.cache.get(key)  # type: ignore[no-any-return]
 
     def write(self, key: str, value: dict[str, Any]) -> None:
         self.cache.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key)
+
+
+class DiskcacheLockedPeer(DiskcachePeer):
+    """DiskcachePeer whose ``lock(key)`` is ``diskcache.Lock``, which the middleware takes for each
+    update: a lock across processes, as SQLiteStorage's (though not freed when its holder dies)."""
+
+    def lock(self, key: str) -> Any:
+        import diskcache
+
+        return diskcache.Lock(self.cache, f"lock:{key}")
 
     def close(self) -> None:
         self.cache.close()
@@ -301,6 +318,33 @@ class OursFilePeer(Peer):
         from simplesession import FileStorage
 
         plain = FileStorage(self.root, cache_size=0)
+        for key, value in items:
+            with plain.lock(key):
+                plain.write(key, value)
+        return False
+
+
+class OursSQLitePeer(Peer):
+    """SQLiteStorage, its database in the configuration's folder."""
+
+    def __init__(self, root: str, *, cache_size: int = 1024, fsync: bool = False) -> None:
+        super().__init__(root)
+        from simplesession import SQLiteStorage
+
+        self.path = os.path.join(root, "sessions.db")
+        self.storage = SQLiteStorage(self.path, cache_size=cache_size, fsync=fsync)
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        return self.storage.read(key)  # type: ignore[no-any-return]
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        self.storage.write(key, value)
+
+    def populate(self, items: Items) -> bool:
+        # As the middleware writes, each write under its key's lock (so the lock files exist).
+        from simplesession import SQLiteStorage
+
+        plain = SQLiteStorage(self.path, cache_size=0)
         for key, value in items:
             with plain.lock(key):
                 plain.write(key, value)
@@ -570,6 +614,14 @@ _ATOMIC = (
     "a power loss may lose recent writes"
 )
 _ATOMIC_FSYNC = "atomic (temp file + os.replace) + fsync of file and folder: a write that returned survives power loss"
+_DISKCACHE = (
+    "SQLite (WAL, synchronous=NORMAL) + pickle: each set is an atomic transaction; a kill loses "
+    "nothing committed; a power loss may lose the last transactions"
+)
+_SQLITE = (
+    "SQLite (WAL, synchronous=NORMAL), JSON text: each write is an atomic transaction; a kill loses nothing "
+    "committed; a power loss may lose the last transactions"
+)
 _GRAMMY = (
     "fs.writeFile straight over the session file (truncate, then write), no temp file, no fsync: a crash mid-write "
     "leaves an empty file (the chat silently starts afresh) or a torn one (JSON.parse throws on each update of "
@@ -654,8 +706,7 @@ CONFIGS: list[Config] = [
         "diskcache",
         "storage",
         title="diskcache.Cache",
-        crash_safety="SQLite (WAL, synchronous=NORMAL) + pickle: each set is an atomic transaction; a kill loses "
-        "nothing committed; a power loss may lose the last transactions",
+        crash_safety=_DISKCACHE,
         requires=("diskcache",),
         make=_storage(lambda root, _: DiskcachePeer(root)),
     ),
@@ -724,6 +775,28 @@ CONFIGS: list[Config] = [
         _ATOMIC_FSYNC,
         lambda root, _: OursFilePeer(root, fsync=True),
         file_per_key=True,
+    ),
+    *_ours(
+        "ours-sqlite",
+        "SQLiteStorage (cache 1024)",
+        _SQLITE,
+        lambda root, _: OursSQLitePeer(root),
+    ),
+    Config(
+        "diskcache",
+        "framework",
+        title="session() + diskcache.Cache (a storage of the user's own)",
+        crash_safety=_DISKCACHE,
+        requires=("diskcache",),
+        make=_framework(lambda root, _: DiskcachePeer(root)),
+    ),
+    Config(
+        "diskcache-locked",
+        "framework",
+        title="session() + diskcache.Cache, locked by diskcache.Lock",
+        crash_safety=_DISKCACHE,
+        requires=("diskcache",),
+        make=_framework(lambda root, _: DiskcacheLockedPeer(root)),
     ),
     *_ours(
         "ours-memory",

@@ -17,6 +17,18 @@ WARM, WARM_STORAGE = "ours-file-warm@framework", "ours-file-warm@storage"
 FLOOR = "floor@storage"
 # The separate runs of the stores that paired.py also runs in turns with ours.
 PAIRED_CONFIGS = {"floor": FLOOR, "cachelib": "cachelib@storage"}
+# SQLiteStorage and diskcache in turns (paired.py): level, ours, theirs, their separate runs.
+SQLITE_PAIRS = (
+    ("sqlite-framework", "session() + SQLiteStorage", "session() + diskcache", "diskcache", "diskcache@framework"),
+    (
+        "sqlite-framework",
+        "session() + SQLiteStorage",
+        "session() + diskcache with diskcache.Lock",
+        "diskcache_locked",
+        "diskcache-locked@framework",
+    ),
+    ("sqlite-storage", "SQLiteStorage alone", "diskcache alone", "diskcache", "diskcache@storage"),
+)
 
 
 @dataclass
@@ -214,7 +226,33 @@ def targets(res: Results) -> list[Target]:
         if n > CACHE_SIZE:
             rows += _warm_rows(res, n)
         rows += _w3_targets(res, n)
+        rows += _sqlite_targets(res, n)
     rows.extend(scale_targets(data.get("scale")))
+    return rows
+
+
+def _sqlite_targets(res: Results, n: int) -> list[Target]:
+    """SQLiteStorage through ``session()`` ahead of diskcache through ``session()``, on each workload."""
+    level, mine, theirs, _, config = SQLITE_PAIRS[0]
+    rows = []
+    for workload in workloads.WORKLOADS:
+        what = f"{workload} {mine} vs {theirs}"
+        separate = _ratio(res.rate("ours-sqlite@framework", n, workload), res.rate(config, n, workload))
+        ratio = res.paired_ratio(level, n, workload, "diskcache")
+        if ratio is None:
+            if separate is not None:
+                rows.append(_versus(res, n, workload, "ours-sqlite@framework", config, 1, what, "diskcache"))
+            continue
+        ours, other = res.paired_rate(level, n, workload, "ours"), res.paired_rate(level, n, workload, "diskcache")
+        measured = f"in turns: {_ops(ours)} vs {_ops(other)} ops/s = {_x(ratio)}"
+        if ratio <= 1:
+            measured += f" (short by {(1 - ratio) * 100:.0f} %)"
+        spread = res.paired_spread(level, n, workload, "diskcache")
+        if spread is not None:
+            measured += f", runs +-{spread * 100:.0f} %"
+        if separate is not None:
+            measured += f"; in separate runs: {_x(separate)}"
+        rows.append(Target(what, f"{n:,} sessions", measured, "> diskcache", _status(ratio > 1)))
     return rows
 
 
@@ -388,8 +426,58 @@ def results_table(res: Results, sessions: int, marks: dict[tuple[str, int, str],
 
 def paired_section(res: Results) -> list[str]:
     entries = res.data.get("paired") or []
-    if not entries:
+    lines = _sqlite_section(res, entries)
+    if not any("error" in entry or "storage" in entry["pairs"] for entry in entries):
+        return lines
+    return _files_section(res, entries) + lines
+
+
+def _sqlite_section(res: Results, entries: list[dict[str, Any]]) -> list[str]:
+    done = [entry for entry in entries if "error" not in entry and SQLITE_PAIRS[0][0] in entry["pairs"]]
+    if not done:
         return []
+    lines = [
+        "",
+        "## SQLiteStorage and diskcache in turns",
+        "",
+        "Both on SQLite in WAL mode with `synchronous=NORMAL` (SQLiteStorage's default, `fsync=False`; diskcache's "
+        "own): a kill loses nothing committed, a power loss may lose the last transactions. In one process "
+        "SQLiteStorage (cache 1024) and `diskcache.Cache` take turns update by update over the same key sequence "
+        "(who goes first rotates), each with a database of its own in a fresh folder per run; the ratio is the "
+        "median of the runs' (ours over theirs). Through `session()` diskcache is a storage of the user's own "
+        "(`read`/`write`/`delete` over `get`/`set`/`delete`), which the middleware locks within the process only, "
+        "while SQLiteStorage takes its lock file, which holds across processes, for every update; so diskcache "
+        "takes its turn once more with `lock(key)` = `diskcache.Lock` (a key added, then deleted: two more "
+        "transactions per update, and a lock a killed holder never frees), the same guarantee as ours.",
+        "",
+        "| sessions | pair | W1 ours / theirs ops/s (ratio) | W2 ours / theirs ops/s (ratio) "
+        "| W3 ours / theirs ops/s (ratio) |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    rows = [
+        f"| {n:,} | {mine} vs {theirs} | {' | '.join(_turn_cells(res, level, n, side))} |"
+        for n in (entry["sessions"] for entry in done)
+        for level, mine, theirs, side, _ in SQLITE_PAIRS
+        if res.paired_ratio(level, n, "W1", side) is not None
+    ]
+    if not rows:
+        return ["", "## SQLiteStorage and diskcache in turns", "", "Not run: diskcache is not installed."]
+    runs = f", {done[0]['runs']} runs" if "runs" in done[0] else ""
+    return [*lines, *rows, "", f"{done[0]['ops']:,} updates per workload and run{runs}."]
+
+
+def _turn_cells(res: Results, level: str, n: int, against: str) -> list[str]:
+    cells = []
+    for workload in workloads.WORKLOADS:
+        ours = res.paired_rate(level, n, workload, "ours")
+        theirs = res.paired_rate(level, n, workload, against)
+        spread = res.paired_spread(level, n, workload, against)
+        noise = "" if spread is None else f" +-{spread * 100:.0f}%"
+        cells.append(f"{_ops(ours)} / {_ops(theirs)} ({_x(res.paired_ratio(level, n, workload, against))}{noise})")
+    return cells
+
+
+def _files_section(res: Results, entries: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "## FileStorage, the floor and cachelib in turns",
@@ -422,16 +510,8 @@ def paired_section(res: Results) -> list[str]:
             ):
                 if res.paired_ratio(level, n, "W1", against) is None:
                     continue
-                cells = []
-                for workload in workloads.WORKLOADS:
-                    ours = res.paired_rate(level, n, workload, "ours")
-                    theirs = res.paired_rate(level, n, workload, against)
-                    ratio = res.paired_ratio(level, n, workload, against)
-                    spread = res.paired_spread(level, n, workload, against)
-                    noise = "" if spread is None else f" +-{spread * 100:.0f}%"
-                    cells.append(f"{_ops(ours)} / {_ops(theirs)} ({_x(ratio)}{noise})")
-                lines.append(f"| {n:,} | {label} vs {name} | {' | '.join(cells)} |")
-    first = next((e for e in entries if "error" not in e), None)
+                lines.append(f"| {n:,} | {label} vs {name} | {' | '.join(_turn_cells(res, level, n, against))} |")
+    first = next((e for e in entries if "error" not in e and "storage" in e["pairs"]), None)
     if first:
         runs = f", {first['runs']} runs" if "runs" in first else ""
         lines += ["", f"{first['ops']:,} updates per workload and run{runs}."]

@@ -386,15 +386,20 @@ def run_size(
     return [merged[item.id] for item in runnable if item.id in merged]
 
 
-def run_paired(args: argparse.Namespace, sessions: int, work_dir: str) -> dict[str, Any]:
-    """The floor and FileStorage in the same folders, taking turns update by update (``paired.py``)."""
+def run_paired(args: argparse.Namespace, sessions: int, work_dir: str, files: bool, sqlite: bool) -> dict[str, Any]:
+    """The floor and FileStorage in the same folders (if ``files``), SQLiteStorage and diskcache
+    (if ``sqlite``), each taking turns update by update (``paired.py``)."""
     root = os.path.join(work_dir, f"paired-{sessions}")
     ops = min(args.ops, 3000)
-    spec = {"sessions": sessions, "root": root, "ops": ops}
+    spec = {"sessions": sessions, "root": root, "ops": ops, "files": files, "sqlite": sqlite}
     # These are the figures the targets use: more runs, each in fresh folders (see paired.py);
     # a smoke run's figures mean nothing, so it only shows that the pairs run.
     spec.update(runs=args.runs if args.smoke else max(args.runs, 5), seed=SEED)
-    log(f"paired: floor and FileStorage in the same folders, {sessions:,} sessions")
+    what = [
+        *(["floor and FileStorage in the same folders"] if files else []),
+        *(["SQLiteStorage and diskcache"] if sqlite else []),
+    ]
+    log(f"paired: {'; '.join(what)}, {sessions:,} sessions")
     os.sync()
     try:
         done = subprocess.run(
@@ -441,12 +446,13 @@ def run_all(args: argparse.Namespace, work_dir: str) -> dict[str, Any]:
             if why:
                 results["skipped"][item.id] = why
         runnable = [item for item in configs if item.id not in results["skipped"]]
-        pair = {item.name for item in runnable} >= {"floor", "ours-file"}
+        names = {item.name for item in runnable}
+        files, sqlite = names >= {"floor", "ours-file"}, "ours-sqlite" in names
         results["paired"] = []
         for sessions in args.sizes:
             results["configs"] += run_size(args, runnable, sessions, work_dir, redis_url)
-            if pair:
-                results["paired"].append(run_paired(args, sessions, work_dir))
+            if files or sqlite:
+                results["paired"].append(run_paired(args, sessions, work_dir, files, sqlite))
     if args.scale_sizes:
         log(f"scale: sizes {', '.join(f'{n:,}' for n in args.scale_sizes)}")
         try:

@@ -29,6 +29,7 @@ from .storage import (
 
 if TYPE_CHECKING:
     from .bot import Bot
+    from .storage.sqlite import SQLiteStorage
 
 __version__ = "0.1.0.dev0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "MigrationError",
     "MultiSession",
     "RedisStorage",
+    "SQLiteStorage",
     "SessionDataError",
     "SessionError",
     "SessionKeyError",
@@ -67,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from .bot import Bot
 
         return Bot
+    if name == "SQLiteStorage":  # sqlite3 only for the bots that use it
+        from .storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -136,7 +136,14 @@ def decode(raw: bytes | str) -> Any:
     ):
         raise TooDeep(f"it nests more than {MAX_DEPTH} levels")
     try:
-        return _decoder.decode(raw)
+        # The C scanner alone, as JSONDecoder.decode would call it, but without two regex
+        # matches and two Python calls; text with spaces around it, or that is not JSON, goes
+        # the whole way, which says what is wrong.
+        try:
+            value, end = _scan(raw, 0)
+        except StopIteration:
+            return _decoder.decode(raw)
+        return value if end == len(raw) else _decoder.decode(raw)
     except RecursionError:
         raise TooDeep(f"it nests more than {MAX_DEPTH} levels (too deeply to decode)") from None
 
@@ -166,6 +173,7 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for all: json.loads with an option builds a new one per call.
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_scan: Any = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
 
 
 class _Refused(Exception):

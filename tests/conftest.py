@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from fakebotapi import FakeBotAPI
 from hookstorage import HookStorage
 from redisserver import SentinelSet, redis_cluster, redis_sentinel, redis_server
 
-from simplesession import FileStorage, MemoryStorage, RedisStorage, Storage
+from simplesession import FileStorage, MemoryStorage, RedisStorage, SQLiteStorage, Storage
 from simplesession.bot import Bot
 
 
@@ -61,7 +63,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(name)
 
 
-STORAGES = ["memory", "file", "file-nocache", "redis", "hooks"]
+STORAGES = ["memory", "file", "file-nocache", "redis", "hooks", "sqlite"]
 
 
 def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest, **options: Any) -> Storage:
@@ -77,6 +79,8 @@ def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest, **o
         return FileStorage(directory, cache_size=0, **options)
     if kind == "hooks":
         return HookStorage(**options)
+    if kind == "sqlite":
+        return SQLiteStorage(directory / "sessions.db", **options)
     raise ValueError(kind)
 
 
@@ -109,6 +113,8 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
     elif isinstance(storage, HookStorage):
         document, used, serial = storage._docs[key]
         storage._docs[key] = (document, used - seconds, serial)
+    elif isinstance(storage, SQLiteStorage):
+        sqlite_idle(storage, key, seconds)
     elif isinstance(storage, RedisStorage):
         # Redis's idle clock is the key's expiry: what is left of the ttl.
         assert storage.ttl is not None
@@ -121,6 +127,12 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
             time.sleep(0.01)
     else:
         raise TypeError(storage)
+
+
+def sqlite_idle(storage: SQLiteStorage, key: str, seconds: float) -> None:
+    """Make ``key``'s session in ``storage`` look unused for ``seconds``, through a connection of its own."""
+    with contextlib.closing(sqlite3.connect(storage.database, isolation_level=None)) as db:
+        db.execute("UPDATE sessions SET used = ? WHERE key = ?", (time.time() - seconds, key))
 
 
 @pytest.fixture

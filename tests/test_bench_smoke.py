@@ -8,6 +8,7 @@ bench, grammY included, is ``python bench/run.py``, which installs what it needs
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import subprocess
@@ -40,7 +41,7 @@ def test_smoke_run_without_node_makes_a_results_table_offline(tmp_path: Path) ->
     _spies(tmp_path / "bin", calls)
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     # grammY's peers are chosen on purpose: --no-node must skip them without calling npm.
-    only = ["floor", "ours-file", "grammy-*"]
+    only = ["floor", "ours-file", "grammy-*", "ours-sqlite", "diskcache"]
     tiny = ["--runs", "1", "--sizes", "30", "--ops", "20", "--scale-max", "200", "--scale-ops", "50"]
     done = subprocess.run(
         [sys.executable, str(_run_py()), "--smoke", "--no-node", *tiny, "--profile-ops", "50"]
@@ -60,6 +61,11 @@ def test_smoke_run_without_node_makes_a_results_table_offline(tmp_path: Path) ->
     assert "| floor: json + temp file + os.replace | storage |" in text
     assert "| session() + FileStorage (cache 1024) | framework |" in text
     assert "## FileStorage, the floor and cachelib in turns" in text
+    assert "| session() + SQLiteStorage (cache 1024) | framework |" in text
+    assert "## SQLiteStorage and diskcache in turns" in text
+    if importlib.util.find_spec("diskcache") is not None:  # else skipped, as every missing peer is
+        assert "| session() + diskcache.Cache (a storage of the user's own) | framework |" in text
+        assert "| 30 | session() + SQLiteStorage vs session() + diskcache |" in text
     assert "## Scale" in text
     assert "## Profile" in text
     assert "(grammy-file@storage): --no-node" in text

@@ -10,6 +10,7 @@ from helpers import run_python
 # The transport's modules: what a bot on FileStorage, or a telebot middleware, never needs.
 NETWORK = ("http", "ssl", "_ssl", "email", "urllib.request")
 RUNNER = ("simplesession.bot", "simplesession.botapi")
+SQLITE = ("sqlite3", "_sqlite3", "simplesession.storage.sqlite")
 
 
 def loaded_by(code: str, *, after: str = "") -> list[str]:
@@ -45,7 +46,7 @@ def test_a_bot_on_file_storage_loads_no_http_or_ssl_module(tmp_path: Path) -> No
         """
     )
     assert "simplesession.storage.file" in modules
-    assert among(modules, NETWORK + RUNNER) == []
+    assert among(modules, NETWORK + RUNNER + SQLITE) == []
 
 
 def test_a_telebot_middleware_loads_none_of_the_runner_beyond_what_telebot_loads() -> None:
@@ -78,3 +79,22 @@ def test_bot_is_imported_on_first_use_and_stays_the_one_class() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "module 'simplesession' has no attribute 'Bott'"
+
+
+def test_sqlite_storage_is_imported_on_first_use_from_either_package() -> None:
+    done = run_python(
+        """
+        import sys
+        import simplesession, simplesession.storage
+        assert "sqlite3" not in sys.modules
+        from simplesession import SQLiteStorage
+        from simplesession.storage import SQLiteStorage as InStorage, default_database
+        from simplesession.storage.sqlite import SQLiteStorage as Defined
+        assert SQLiteStorage is InStorage is Defined is simplesession.SQLiteStorage
+        assert "SQLiteStorage" in dir(simplesession) and "SQLiteStorage" in simplesession.__all__
+        assert "default_database" in dir(simplesession.storage)
+        print(sorted(name for name in ("sqlite3", "_sqlite3") if name in sys.modules))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['_sqlite3', 'sqlite3']"

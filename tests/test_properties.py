@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import sqlite_idle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simplesession import Context, FileStorage, MemoryStorage, RedisStorage, Storage, session
+from simplesession import Context, FileStorage, MemoryStorage, RedisStorage, SQLiteStorage, Storage, session
 from simplesession.keys import MAX_STEM, encode_key, is_hashed_name, key_from_name
 
 
@@ -99,7 +100,7 @@ class Place:
         self._client: redis.Redis | None = None
         self._prefix = f"simplesession-prop:{uuid.uuid4().hex}:"
         self._memory: MemoryStorage | None = None
-        if kind.startswith("file"):
+        if kind.startswith(("file", "sqlite")):
             self._folder = tempfile.mkdtemp(prefix="simplesession-prop-")
         elif kind == "redis":
             assert redis_url is not None
@@ -116,7 +117,9 @@ class Place:
         if self._client is not None:
             return RedisStorage(self._client, prefix=self._prefix, ttl=self.ttl)
         assert self._folder is not None
-        cache_size = 1024 if cache and self.kind != "file-nocache" else 0
+        cache_size = 1024 if cache and not self.kind.endswith("-nocache") else 0
+        if self.kind.startswith("sqlite"):
+            return SQLiteStorage(os.path.join(self._folder, "sessions.db"), cache_size=cache_size, ttl=self.ttl)
         return FileStorage(self._folder, cache_size=cache_size, ttl=self.ttl)
 
     def fresh(self) -> Storage:
@@ -186,7 +189,7 @@ def test_any_file_name_decodes_to_nothing_or_to_the_key_with_that_very_name(text
             assert encode_key(key)[1] == name
 
 
-STORAGE_KINDS = ["memory", "file", "file-nocache", "redis"]
+STORAGE_KINDS = ["memory", "file", "file-nocache", "redis", "sqlite"]
 
 
 @bounded(40)
@@ -299,6 +302,9 @@ def age(storage: Storage, key: str) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.utime(storage.path(key), ns=(then, then))
         return True
+    if isinstance(storage, SQLiteStorage):
+        sqlite_idle(storage, key, 2 * TTL)
+        return True
     if isinstance(storage, MemoryStorage):
         item = storage._items.get(key)
         if item is not None:
@@ -315,6 +321,9 @@ MODEL_KINDS = [
     pytest.param("file", TTL, id="file-ttl"),
     pytest.param("file-nocache", TTL, id="file-nocache-ttl"),
     pytest.param("redis", None, id="redis"),
+    pytest.param("sqlite", None, id="sqlite"),
+    pytest.param("sqlite-nocache", TTL, id="sqlite-nocache-ttl"),
+    pytest.param("sqlite", TTL, id="sqlite-ttl"),
 ]
 
 

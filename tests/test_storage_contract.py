@@ -14,7 +14,16 @@ import pytest
 from conftest import make_idle
 from hookstorage import HookStorage
 
-from simplesession import FileStorage, LockTimeout, MemoryStorage, RedisStorage, SessionDataError, Storage, data
+from simplesession import (
+    FileStorage,
+    LockTimeout,
+    MemoryStorage,
+    RedisStorage,
+    SessionDataError,
+    SQLiteStorage,
+    Storage,
+    data,
+)
 from simplesession.storage.locks import Holder
 
 VALUES: list[Any] = [
@@ -292,6 +301,7 @@ HOSTILE_DOCUMENTS = {
     "another-key": b'{"format":1,"key":"other","data":{"n":1}}',
     "another-format": b'{"format":99,"key":"k","data":{"n":1}}',
     "bad-version": b'{"format":1,"key":"k","version":"2","data":{"n":1}}',
+    "huge-version": b'{"format":1,"key":"k","version":' + b"9" * 400 + b',"data":{"n":1}}\n',
     "too-deep": b'{"format":1,"key":"k","data":' + b"[" * 300 + b"]" * 300 + b"}",
     "lone-surrogate": b'{"format":1,"key":"k","data":{"name":"\\ud800"}}',
     "lone-surrogate-key": b'{"format":1,"key":"k","data":{"\\udfff":1}}',
@@ -586,6 +596,7 @@ BACKEND_EXTRAS = {
     MemoryStorage: {"set_aside_values"},
     RedisStorage: {"client", "server", "prefix", "lock_expiry"},
     HookStorage: {"clock", "aside"},
+    SQLiteStorage: set(),
 }
 
 

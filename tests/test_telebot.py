@@ -22,7 +22,7 @@ from telebot.async_telebot import AsyncTeleBot
 from telebot.handler_backends import BaseMiddleware, CancelUpdate, SkipHandler
 from telebot.types import CallbackQuery, InlineQuery, Message, Update
 
-from simplesession import FileStorage, LockTimeout, MemoryStorage, SessionKeyError
+from simplesession import FileStorage, LockTimeout, MemoryStorage, SessionKeyError, SQLiteStorage
 from simplesession.contrib.telebot import LazySession, SessionMiddleware
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -172,8 +172,11 @@ class ThreadSpy(BaseMiddleware):
         self.threads[message.message_id].append(threading.get_ident())
 
 
-def test_forty_rapid_counts_of_one_chat_on_two_workers_lose_no_update(tmp_path: Path, api: FakeBotAPI) -> None:
-    storage = FileStorage(tmp_path)
+@pytest.mark.parametrize("kind", ["files", "sqlite"])
+def test_forty_rapid_counts_of_one_chat_on_two_workers_lose_no_update(
+    tmp_path: Path, api: FakeBotAPI, kind: str
+) -> None:
+    storage = FileStorage(tmp_path) if kind == "files" else SQLiteStorage(tmp_path / "sessions.db")
     bot = TeleBot(api.token, threaded=True, num_threads=2, use_class_middlewares=True)
     bot.setup_middleware(SessionMiddleware(initial=lambda: {"count": 0}, storage=storage))
     spy = ThreadSpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 from .. import data
@@ -28,9 +29,11 @@ __all__ = [
     "decode_document",
     "document_of",
     "encode_document",
+    "join_document",
     "key_size",
     "most_bytes",
     "session_of",
+    "split_document",
     "too_large",
 ]
 
@@ -45,7 +48,11 @@ class BadDocument(ValueError):
 
 def check_version(version: object) -> Version:
     """``version`` if it is a session version (an int or a finite float), else ``TypeError``."""
-    if type(version) not in (int, float) or not math.isfinite(version):  # type: ignore[arg-type]
+    try:
+        usable = type(version) in (int, float) and math.isfinite(version)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond a float's range
+        usable = False
+    if not usable:
         raise TypeError(f"a session version is an int or a finite float, not {type(version).__name__} {version!r}")
     return version  # type: ignore[return-value]
 
@@ -73,6 +80,35 @@ def data_json(document: bytes, key: str, version: Version | None) -> bytes | Non
     if document.startswith(head) and document.endswith(b"}\n"):
         return document[len(head) : -2]
     return None
+
+
+# A version as data.encode writes one: an int or a finite float.
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def split_document(document: bytes, key: str) -> tuple[bytes | None, bytes] | None:
+    """``(the version's JSON or None, the data's JSON)`` of a document of ``key`` exactly as
+    :func:`document_of` writes it, so that :func:`join_document` makes the same bytes again;
+    ``None`` for any other bytes. For storages that keep the parts apart, as a database's columns."""
+    head = _key_head(key)
+    if not (document.startswith(head) and document.endswith(b"}\n")):
+        return None
+    start = len(head)
+    if document.startswith(b',"data":', start):
+        return None, document[start + 8 : -2]
+    if document.startswith(b',"version":', start):
+        end = document.find(b',"data":', start + 11)
+        version = document[start + 11 : end]
+        if end > 0 and _NUMBER.fullmatch(version):
+            return version, document[end + 8 : -2]
+    return None
+
+
+def join_document(key: str, version: bytes | None, raw: bytes) -> bytes:
+    """The document that :func:`split_document` split into ``version`` and ``raw``."""
+    if version is None:
+        return _key_head(key) + b',"data":' + raw + b"}\n"
+    return _key_head(key) + b',"version":' + version + b',"data":' + raw + b"}\n"
 
 
 def _head(key: str, version: Version | None) -> bytes:
@@ -128,17 +164,38 @@ def session_of(document: bytes, key: str, max_size: int) -> tuple[Any, Any, Vers
     checked by the rules of writing: :class:`BadDocument` saying why it breaks them."""
     if len(document) > most_bytes(key, max_size):
         raise BadDocument(too_large(len(document), max_size))
-    _, value, version = decode_document(document, key)
+    found = _as_written(document, key)
+    if found is None:  # not as a write makes it (a hand edit, or not a document): all of it is decoded
+        _, value, version = decode_document(document, key)
+        raw = data_json(document, key, version)
+    else:
+        value, version, raw = found
     try:
         private = data.checked_copy(value)
     except data.NotSessionData as exc:
         raise BadDocument(f"its data cannot be a session: {exc}") from None
-    raw = data_json(document, key, version)
-    if raw is None:  # not as a write makes it (a hand edit): its JSON is needed to measure it
+    if raw is None:  # its JSON is needed to measure it
         raw = data.encode(value)
     if len(raw) > max_size:
         raise BadDocument(too_large(len(raw), max_size))
     return value, private, version, raw
+
+
+def _as_written(document: bytes, key: str) -> tuple[Any, Version | None, bytes] | None:
+    """``(data, version, the data's JSON)`` of a document of ``key`` exactly as :func:`document_of`
+    writes one, decoding only the data (the usual case, and the quicker); ``None`` for any other."""
+    parts = split_document(document, key)
+    if parts is None:
+        return None
+    version_json, raw = parts
+    try:
+        value = data.decode(raw.decode("utf-8", "surrogatepass"))
+        version = None if version_json is None else check_version(data.decode(version_json))
+    except (ValueError, TypeError, OverflowError):
+        return None  # the whole document is decoded, to say why it cannot be a session
+    if value is None or (version is not None and data.encode(version) != version_json):
+        return None
+    return value, version, raw
 
 
 def decode_document(raw: bytes, key: str | None = None) -> tuple[str, Any, Version | None]:

@@ -23,7 +23,7 @@ from ._folders import CORRUPT_DIR, LOCK_DIR, BadFolder, Folder, Store
 from ._fs import TEMP_PREFIX, NotAFile, ReadFailed, Stamp, TooLarge, settled
 from .base import Storage
 from .document import BadDocument, decode_document
-from .locks import LOCK_STRIPES, lasting
+from .locks import LOCK_STRIPES
 from .stripes import FileStripes
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, SweepReport, Unreadable, aside_suffix
 
@@ -239,7 +239,7 @@ class FileStorage(Storage):
     def _put(self, key: str, document: bytes) -> Stamp:
         folder, name, lock = self._places.get(key) or self._locate_new(key)
         if stripes.lockless_holds:
-            self._refuse_lockless(key, folder.file(name), lock, "write")
+            stripes.refuse_lockless(key, folder.file(name), lock, "write")
         try:
             stamp = folder.replace(name, document, self.fsync)
         except FileNotFoundError:
@@ -260,7 +260,7 @@ class FileStorage(Storage):
     def _delete(self, key: str) -> None:
         folder, name, lock = self._places.get(key) or self._locate_new(key)
         if stripes.lockless_holds:
-            self._refuse_lockless(key, folder.file(name), lock, "delete")
+            stripes.refuse_lockless(key, folder.file(name), lock, "delete")
         try:
             folder.unlink(name)
         except FileNotFoundError:
@@ -296,22 +296,6 @@ class FileStorage(Storage):
             folder.set_times(name, int(used * 1e9) | 1)  # odd, as a write's (see Folder.replace)
         except OSError as exc:
             raise self._error("set the idle clock of", key, folder.file(name), exc) from exc
-
-    @staticmethod
-    def _refuse_lockless(key: str, path: str, lock: str, action: str) -> None:
-        gate = lasting.get(lock)
-        cause = None if gate is None or gate.owner is None else stripes.lockless_cause(gate)
-        if cause is None:
-            return
-        error = StorageError(
-            f"could not {action} session {key!r} at {path}: its lock was taken when its lock file "
-            f"{lock} could not be made ({cause.strerror or cause}), so it keeps no other process "
-            "out; a store that cannot be written serves reads only",
-            key=key,
-            path=path,
-        )
-        error.errno = cause.errno
-        raise error
 
     def _idle(self, key: str) -> tuple[float, int] | None:
         st = self._status(self._locate(key), key, "remove the idle")

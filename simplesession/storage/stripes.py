@@ -41,9 +41,9 @@ from filelock import lock_descriptor, unlock_descriptor
 from ..errors import StorageError
 from ._folders import BadFolder, Folder, keepable
 from ._fs import NotAFile
-from .locks import Gate, LockSpace, lasting, lasting_gate, stripe_of
+from .locks import LOCK_STRIPES, Gate, LockSpace, lasting, lasting_gate, stripe_of
 
-__all__ = ["KEPT_DESCRIPTORS", "FileStripes", "lockless_cause", "lockless_holds"]
+__all__ = ["KEPT_DESCRIPTORS", "FileStripes", "lockless_cause", "lockless_holds", "refuse_lockless"]
 
 KEPT_DESCRIPTORS = 256
 """How many lock files a process keeps open between holds at most: all of one storage's
@@ -113,9 +113,10 @@ class FileStripes(LockSpace):
         self.folder = self._folder.path
         self._make_folder = make_folder
         self._locate = locate or self._stripe
+        self._stripes = [(f"{self.folder}{os.sep}{stripe:03x}.lock",) for stripe in range(LOCK_STRIPES)]
 
     def _stripe(self, key: str) -> tuple[str]:
-        return (f"{self.folder}{os.sep}{stripe_of(zlib.crc32(key.encode('utf-8'))):03x}.lock",)
+        return self._stripes[stripe_of(zlib.crc32(key.encode("utf-8")))]
 
     def path(self, key: str) -> str:
         """The lock file of ``key``."""
@@ -207,6 +208,25 @@ def lockless_cause(gate: Gate) -> OSError | None:
     out), or ``None`` if it is not."""
     proof = gate.proof
     return proof if isinstance(proof, OSError) else None
+
+
+def refuse_lockless(key: str, path: str, lock: str, action: str) -> None:
+    """Raise a :class:`~simplesession.StorageError` if ``key``'s lock, whose file is ``lock``, is
+    held without a lock file: ``action`` (``"write"``) of its session at ``path`` would then be
+    made with no other process kept out. Worth calling only while :data:`lockless_holds`."""
+    gate = lasting.get(lock)
+    cause = None if gate is None or gate.owner is None else lockless_cause(gate)
+    if cause is None:
+        return
+    error = StorageError(
+        f"could not {action} session {key!r} at {path}: its lock was taken when its lock file "
+        f"{lock} could not be made ({cause.strerror or cause}), so it keeps no other process "
+        "out; a store that cannot be written serves reads only",
+        key=key,
+        path=path,
+    )
+    error.errno = cause.errno
+    raise error
 
 
 # Stripes with a kept descriptor, first opened first.

@@ -1,0 +1,470 @@
+"""Sessions in one SQLite file, through the standard library's ``sqlite3``: fast writes, one file to back up."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import sqlite3
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ..data import DEFAULT_MAX_SIZE
+from ..errors import StorageError
+from . import stripes
+from ._folders import BadFolder, Folder, _check_owner
+from ._fs import O_NOFOLLOW
+from .base import Storage
+from .document import join_document, most_bytes, split_document
+from .file import _error, _make, default_directory
+from .stripes import FileStripes
+from .values import Figure, KeyInfo, Listed, StorageStats, Stored, Unreadable, check_key
+
+__all__ = ["BUSY_TIMEOUT", "PAGE", "SQLiteStorage", "default_database"]
+
+BUSY_TIMEOUT = 60.0
+"""Seconds a statement waits for another connection's write to end. Writes take microseconds;
+only a transaction left open elsewhere (in a ``sqlite3`` shell, say) makes one wait this long."""
+PAGE = 500
+"""Sessions per page of a listing, and so per slice of a sweep: each page is a short read of its own."""
+
+# Comments stay in the schema, so that `sqlite3 sessions.db .schema` explains the columns.
+# ``size`` is computed by SQLite as a value is stored (a generated column placed before the
+# value), so that a read learns a value's size without loading it.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY NOT NULL,  -- the session key
+    version TEXT,                   -- the schema version of the data (migrations), or NULL
+    used REAL NOT NULL,             -- last use, in seconds since 1970 (UTC): datetime(used, 'unixepoch')
+    stamp INTEGER NOT NULL DEFAULT (random()),  -- drawn at random at each write: tells values apart
+    format INTEGER,                 -- 1: value is the data's JSON; NULL: value is a whole document as given
+    size INTEGER GENERATED ALWAYS AS (length(CAST(value AS BLOB))) STORED,  -- bytes of value
+    value TEXT NOT NULL             -- the session's data, as JSON
+)""",
+    # A change made by hand (in a sqlite3 shell, say) gets a new stamp too, so that no cache serves the old value.
+    """CREATE TRIGGER IF NOT EXISTS sessions_changed AFTER UPDATE ON sessions
+    WHEN NEW.stamp IS OLD.stamp AND NEW.used IS OLD.used
+    BEGIN UPDATE sessions SET stamp = random() WHERE key = NEW.key; END""",
+    """CREATE TABLE IF NOT EXISTS set_aside (  -- stored values that could not be sessions, kept for a human
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    moved TEXT NOT NULL,  -- when, UTC
+    version TEXT,
+    used REAL,
+    format INTEGER,
+    value TEXT
+)""",
+)
+_TABLES = "SELECT count(*) FROM sqlite_master WHERE name IN ('sessions', 'sessions_changed', 'set_aside')"
+_SHAPE = (
+    "SELECT key, version, used, stamp, format, size, value FROM sessions LIMIT 0",
+    "SELECT id, key, moved, version, used, format, value FROM set_aside LIMIT 0",
+)
+# Text comes back as bytes (the connection's text_factory): the JSON is kept as UTF-8 bytes.
+# The limits: the most bytes a session's data may take, then a whole document.
+_GET = (
+    "SELECT stamp, CAST(used AS REAL), version, format, size,"
+    " CASE WHEN size <= (CASE WHEN format = 1 THEN ? ELSE ? END) THEN value END"
+    " FROM sessions WHERE key = ?"
+)
+_STAMP = "SELECT stamp, CAST(used AS REAL) FROM sessions WHERE key = ?"
+_PUT = (
+    "INSERT INTO sessions (key, version, used, stamp, format, value)"
+    " VALUES (?, CAST(? AS TEXT), ?, ?, ?, CAST(? AS TEXT)) ON CONFLICT (key) DO UPDATE SET"
+    " version = excluded.version, used = excluded.used, stamp = excluded.stamp,"
+    " format = excluded.format, value = excluded.value"
+)
+_DELETE = "DELETE FROM sessions WHERE key = ?"
+_TOUCH = "UPDATE sessions SET used = ? WHERE key = ? AND stamp = ?"
+_SET_USED = "UPDATE sessions SET used = ? WHERE key = ?"
+# What a session takes as stored: the bytes of its key, version and value.
+_STORED = "size + length(CAST(key AS BLOB)) + ifnull(length(CAST(version AS BLOB)), 0)"
+_IDLE = f"SELECT CAST(used AS REAL), {_STORED} FROM sessions WHERE key = ?"
+_FIRST_PAGE = f"SELECT key, CAST(used AS REAL), {_STORED} FROM sessions ORDER BY key LIMIT ?"
+_NEXT_PAGE = f"SELECT key, CAST(used AS REAL), {_STORED} FROM sessions WHERE key > CAST(? AS TEXT) ORDER BY key LIMIT ?"
+_SET_ASIDE = (
+    "INSERT INTO set_aside (key, moved, version, used, format, value)"
+    " SELECT key, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), version, used, format, value FROM sessions"
+)
+# Only while it is still what the caller found: the same stamp, or (found unreadable) still too large.
+_SAME = " WHERE key = ? AND stamp = ?"
+_STILL_TOO_LARGE = " WHERE key = ? AND NOT size <= (CASE WHEN format = 1 THEN ? ELSE ? END)"
+_STATS = f"SELECT count(*), total({_STORED}), min(CAST(used AS REAL)), max(CAST(used AS REAL)) FROM sessions"
+_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_BUSY, _SQLITE_LOCKED = 11, 26, 5, 6
+OLDEST_SQLITE = (3, 31)  # generated columns; upserts came in 3.24
+
+
+def default_database(app_name: str = "simplesession") -> Path:
+    """Where a :class:`SQLiteStorage` keeps sessions when given no path: beside the folder of
+    :func:`~simplesession.storage.default_directory`, with ``.db`` after its name (for example
+    ``~/.local/share/simplesession/sessions.db`` on Linux; ``$SIMPLESESSION_DIR.db`` if set)."""
+    folder = Path(os.path.abspath(default_directory(app_name)))
+    return folder.with_name(folder.name + ".db")
+
+
+class SQLiteStorage(Storage):
+    """Sessions in one SQLite database file, safe across threads, processes and crashes.
+
+    :param path: the database file; default :func:`default_database`. Made on first use,
+        mode 0600, with the folders it is in (0700) if missing.
+    :param app_name: names the default path.
+    :param ttl: seconds (or a ``timedelta``) after which a session that was neither read nor
+        written reads as missing; :meth:`sweep` then removes it.
+    :param lock_timeout: seconds :meth:`lock` waits before raising
+        :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+    :param cache_size: how many sessions the in-memory front cache keeps (0: none). A hit
+        costs one indexed read of the session's stamp, and no read of its value or parse.
+    :param fsync: commit with ``synchronous=FULL``, so that a write survives a power loss, at
+        a cost in speed. Without it (``synchronous=NORMAL``) a write survives any crash of the
+        process, but the last ones may be lost if the machine loses power.
+    :param trust_folder: use a folder (or database file) that another user could change; by
+        default one that belongs to another user than this process's and root, or that its
+        group or other users may write to, is refused, as :class:`~simplesession.FileStorage` does.
+    :param max_size: the most bytes of JSON a session may take: a bigger one is refused, and a
+        stored one too big for one is set aside without being read into this process (SQLite
+        learns its size from a column of its own, and copies it into ``set_aside``).
+
+    The table ``sessions`` holds one row per session: its key, the version of its data, its
+    last use and its data as JSON text, so ``sqlite3 sessions.db 'select * from sessions'``
+    shows them. The database is in WAL mode; each write is one short transaction, and no
+    transaction is held while a handler runs, so a slow update of one chat never holds up
+    another's. A key's lock is a lock file beside the database (in ``<path>-locks``), held
+    across threads and processes and freed when its process dies. A stored value that cannot
+    be a session is moved to the table ``set_aside`` (kept), an ERROR is logged, and the key
+    reads as missing. A file that is not an SQLite database, or a damaged one, raises a
+    :class:`~simplesession.StorageError` naming it, and is left as it is.
+
+    Each thread has its own connection, and a forked child opens its own (a connection must
+    not cross a ``fork``).
+    """
+
+    kind = "SQLite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        app_name: str = "simplesession",
+        ttl: float | timedelta | None = None,
+        lock_timeout: float | None = 10.0,
+        cache_size: int = 1024,
+        fsync: bool = False,
+        trust_folder: bool = False,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        if sqlite3.sqlite_version_info < OLDEST_SQLITE:
+            raise StorageError(
+                f"SQLiteStorage needs SQLite {'.'.join(map(str, OLDEST_SQLITE))} or later, and this Python's "
+                f"sqlite3 module has {sqlite3.sqlite_version}: use a newer Python, or FileStorage"
+            )
+        self.database = Path(os.path.abspath(default_database(app_name) if path is None else path))
+        self.fsync = bool(fsync)
+        self.trust_folder = bool(trust_folder)
+        self._path = str(self.database)
+        self._folder = Folder(os.path.dirname(self._path), trust=self.trust_folder)
+        # The lock folder is reached from the database's folder, never through a link.
+        lock_folder = Folder(self._path + "-locks", self._folder, trust=self.trust_folder)
+        self._local = threading.local()
+        self._synchronous = "FULL" if self.fsync else "NORMAL"
+        locks = FileStripes(lock_folder, functools.partial(_make, lock_folder, fsync=self.fsync))
+        super().__init__(locks=locks, ttl=ttl, lock_timeout=lock_timeout, cache_size=cache_size, max_size=max_size)
+        # A stored whole document (not split into columns) of more bytes cannot be a session.
+        self._doc_limit = most_bytes(None, self.max_size)
+        _storages.add(self)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self._path!r})"
+
+    # -- what the command line shows -----------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return self._path
+
+    def missing(self) -> str | None:
+        try:
+            st = os.stat(self._path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "it does not exist"
+        except OSError:
+            return None  # there, but out of reach: the first use says why
+        return None if stat.S_ISREG(st.st_mode) else "it is not a file"
+
+    def about(self) -> list[Figure]:
+        return [Figure("database", "database", self._path)]
+
+    def describe(self, key: str) -> KeyInfo | None:
+        check_key(key)
+        row = self._query(_IDLE, (key,), "look at", key)
+        if not row:
+            return None
+        used, size = row[0]
+        return KeyInfo(self.where(key), size, used, None if self.ttl is None else used + self.ttl)
+
+    def stats(self, progress: Any = None) -> StorageStats:
+        """Sessions and their bytes (key, version and data), last uses, values set aside, and the file's size."""
+        (count, total, oldest, newest), *_ = self._query(_STATS, (), "count", None)
+        ((aside,),) = self._query("SELECT count(*) FROM set_aside", (), "count", None)
+        size = sum(_size(self._path + end) for end in ("", "-wal"))
+        where = f"{aside} (table set_aside in {self._path})" if aside else "0"
+        details = [Figure("set_aside", "set aside", aside, where), Figure("file_bytes", "database bytes", size)]
+        return StorageStats(count, int(total), oldest, newest, details)
+
+    # -- the hooks -------------------------------------------------------------------------
+
+    def _get(self, key: str) -> Stored | None:
+        try:
+            conn = self._local.conn
+        except AttributeError:
+            conn = self._connect()
+        try:
+            row = conn.execute(_GET, (self._max_size, self._doc_limit, key)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("read", key, exc) from exc
+        if row is None:
+            return None
+        stamp, used, version, form, size, value = row
+        if value is None:
+            raise Unreadable(self._too_large(size))
+        return (join_document(key, version, value) if form == 1 else value), (stamp, used)
+
+    def _stamp(self, key: str) -> Any:
+        try:
+            conn = self._local.conn
+        except AttributeError:
+            conn = self._connect()
+        try:
+            return conn.execute(_STAMP, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("read", key, exc) from exc
+
+    def _put(self, key: str, document: bytes) -> tuple[int, float]:
+        if stripes.lockless_holds:
+            stripes.refuse_lockless(key, self._path, self._locks.where(key)[0], "write")
+        parts = split_document(document, key)
+        version, value, form = (None, document, None) if parts is None else (*parts, 1)
+        now, stamp = time.time(), _tags.getrandbits(63)
+        try:
+            conn = self._local.conn
+        except AttributeError:
+            conn = self._connect()
+        try:
+            conn.execute(_PUT, (key, version, now, stamp, form, value))
+        except sqlite3.Error as exc:
+            raise self._error("write", key, exc) from exc
+        return stamp, now
+
+    def _delete(self, key: str) -> None:
+        if stripes.lockless_holds:
+            stripes.refuse_lockless(key, self._path, self._locks.where(key)[0], "delete")
+        self._query(_DELETE, (key,), "delete", key)
+
+    def _age(self, stamp: Any) -> float:
+        return time.time() - stamp[1]  # type: ignore[no-any-return]
+
+    def _touch(self, key: str, stamp: Any) -> tuple[int, float] | None:
+        now = time.time()
+        conn = self._connection()
+        try:
+            touched = conn.execute(_TOUCH, (now, key, stamp[0])).rowcount
+        except sqlite3.Error as exc:
+            raise self._error("refresh the idle clock of", key, exc) from exc
+        return (stamp[0], now) if touched else None
+
+    def _set_used(self, key: str, used: float) -> None:
+        self._query(_SET_USED, (used, key), "set the idle clock of", key)
+
+    def _idle(self, key: str) -> tuple[float, int] | None:
+        row = self._query(_IDLE, (key,), "remove the idle", key)
+        return (time.time() - row[0][0], row[0][1]) if row else None
+
+    def _scan(self, clock: bool) -> Iterator[list[Listed]]:
+        # Page by page, each a read of its own: no read stays open while the caller works.
+        rows = self._query(_FIRST_PAGE, (PAGE,), "list", None)
+        while True:
+            now = time.time()
+            page = []
+            for raw, used, size in rows:
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue  # not a key any storage of ours wrote
+                page.append(Listed(key, now - used, size) if clock else Listed(key))
+            yield page
+            if len(rows) < PAGE:
+                return
+            rows = self._query(_NEXT_PAGE, (rows[-1][0], PAGE), "list", None)
+
+    def _move_aside(self, key: str, expected: Stored | None) -> str | None:
+        args: tuple[Any, ...]
+        if expected is not None:
+            where, args = _SAME, (key, expected[1][0])  # type: ignore[index]  # our stamp: (stamp, used)
+        else:
+            where, args = _STILL_TOO_LARGE, (key, self._max_size, self._doc_limit)
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moved = conn.execute(_SET_ASIDE + where, args)
+                if moved.rowcount:
+                    conn.execute("DELETE FROM sessions" + where, args)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            why = f"it could not be moved to the table set_aside: {exc}"
+            raise StorageError(why, key=key, path=self._path) from exc
+        return f"row {moved.lastrowid} of the table set_aside in {self._path}" if moved.rowcount else None
+
+    # -- connections, and errors -------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        try:
+            return self._local.conn  # type: ignore[no-any-return]
+        except AttributeError:
+            return self._connect()
+
+    def _query(self, sql: str, args: tuple[Any, ...], action: str, key: str | None) -> list[Any]:
+        conn = self._connection()
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(action, key, exc) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, made at its first use (with the database, if missing)."""
+        self._prepare()
+        try:
+            conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error("open", None, exc) from exc
+        try:
+            conn.text_factory = bytes
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != b"wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA mmap_size = 67108864")
+            if conn.execute(_TABLES).fetchone()[0] < len(_SCHEMA):
+                conn.execute("BEGIN IMMEDIATE")
+                for table in _SCHEMA:
+                    conn.execute(table)
+                conn.execute("COMMIT")
+            for probe in _SHAPE:
+                conn.execute(probe)
+        except sqlite3.Error as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc):
+                raise StorageError(
+                    f"{self._path} has a table 'sessions' or 'set_aside' that simplesession did not make "
+                    f"({exc}): give SQLiteStorage a database of its own",
+                    path=self._path,
+                ) from exc
+            raise self._error("open", None, exc) from exc
+        self._local.conn = conn
+        return conn
+
+    def _prepare(self) -> None:
+        """Make the database's folder and file if missing (0700, 0600), and check what is there."""
+        try:
+            self._folder.make(self.fsync)
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            st = self._create()
+        except OSError as exc:
+            raise _error("open", None, self._folder.path, exc) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StorageError(
+                f"{self._path} is a link where the database belongs, and SQLiteStorage never follows one "
+                "(it could lead to a file elsewhere): give it the path of the database itself",
+                path=self._path,
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{self._path} is not a file, so it cannot be a database", path=self._path)
+        if not self.trust_folder:
+            try:
+                _check_owner(st, self._path)
+            except BadFolder as exc:
+                raise StorageError(f"cannot use the database: {exc.strerror}", path=self._path) from exc
+
+    def _create(self) -> os.stat_result:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self._path, flags, 0o600)
+        except FileExistsError:
+            return os.lstat(self._path)  # made meanwhile, by another thread or process
+        except OSError as exc:
+            raise _error("create the database for", None, self._path, exc) from exc
+        try:
+            os.fchmod(fd, 0o600)  # what the umask took away
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            self._folder.sync()
+        return st
+
+    def _error(self, action: str, key: str | None, exc: sqlite3.Error) -> StorageError:
+        whose = f"session {key!r}" if key is not None else "the sessions"
+        code = _code(exc)
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            message = (
+                f"could not {action} {whose}: {self._path} is damaged or is not an SQLite database ({exc}); "
+                f"it was left as it is: restore it from a backup, or move it away to start afresh "
+                f"(sqlite3 {self._path} .recover may save its sessions)"
+            )
+        elif code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            message = (
+                f"could not {action} {whose}: {self._path} stayed locked by another connection for "
+                f"{BUSY_TIMEOUT:g} s ({exc}); is a transaction left open on it (in a sqlite3 shell, say)?"
+            )
+        else:
+            message = (
+                f"could not {action} {whose} in {self._path}: {exc}; "
+                "check that the database and its folder are writable and the disk has free space"
+            )
+        return StorageError(message, key=key, path=self._path)
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (before Python 3.11, worked out from its message)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF  # type: ignore[no-any-return]
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        return _SQLITE_CORRUPT
+    return _SQLITE_BUSY if "locked" in text else None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+# Stamps come from a generator of this module's own: one a bot seeds for its own reasons
+# would draw the same numbers in two processes.
+_tags = random.Random()
+# A connection must not cross a fork: a child opens its own. The parent's are kept (never
+# closed, which could touch the parent's locks) and never used.
+_storages: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
+_inherited: list[threading.local] = []
+
+
+def _after_fork_in_child() -> None:
+    _tags.seed()
+    for storage in list(_storages):
+        _inherited.append(storage._local)
+        storage._local = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

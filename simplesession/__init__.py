@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .context import Context
 from .errors import (
     CorruptSessionError,
+    LockLost,
     LockTimeout,
     MigrationError,
     SessionDataError,
@@ -18,6 +19,7 @@ from .session import MultiSession, SessionMiddleware, lazy_session, multi_sessio
 from .storage import (
     FileStorage,
     MemoryStorage,
+    PostgresStorage,
     RedisStorage,
     Storage,
     StorageStats,
@@ -36,10 +38,12 @@ __all__ = [
     "Context",
     "CorruptSessionError",
     "FileStorage",
+    "LockLost",
     "LockTimeout",
     "MemoryStorage",
     "MigrationError",
     "MultiSession",
+    "PostgresStorage",
     "RedisStorage",
     "SessionDataError",
     "SessionError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptSessionError",
+    "LockLost",
     "LockTimeout",
     "MigrationError",
     "SessionDataError",
@@ -51,6 +52,15 @@ class LockTimeout(StorageError, TimeoutError):
     ) -> None:
         super().__init__(message, key=key, path=path)
         self.timeout = timeout
+
+
+class LockLost(StorageError):
+    """A session's lock expired while its holder still used it, so nothing was written.
+
+    The holder was paused or cut off for longer than the lock's expiry (a Redis lock's
+    ``lock_expiry``), and another update may have changed the session since: the newer value
+    stays. Running the update again is safe.
+    """
 
 
 class CorruptSessionError(StorageError):

@@ -1,0 +1,429 @@
+"""Sessions in a PostgreSQL table: for bots on several processes or machines that share a database."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..data import DEFAULT_MAX_SIZE
+from ..errors import LockLost, StorageError
+from ._postgres_locks import Hold, PostgresLocks, holding
+from ._postgres_sql import PAGE, QUERIES, SCHEMA, SHAPE, key_column, key_of, row_id, signed64, version_of
+from .base import Storage
+from .values import Figure, Listed, StorageStats, Stored, Unreadable, ttl_seconds
+
+if TYPE_CHECKING:
+    import psycopg
+    import psycopg_pool
+
+__all__ = ["PAGE", "POOL_SIZE", "PostgresStorage"]
+
+_log = logging.getLogger(__name__)
+
+_MISSING = "PostgresStorage needs psycopg 3 and psycopg_pool: pip install 'simplesession[postgres]'"
+POOL_SIZE = 10
+"""The most connections of the pool a PostgresStorage makes for itself. Each held lock takes
+one for as long as it is held; give the storage a pool of your own for more."""
+
+
+class PostgresStorage(Storage):
+    """Sessions in a PostgreSQL table (PostgreSQL 11 or later), shared by every process and machine using it.
+
+    :param conninfo_or_pool: a ``psycopg_pool.ConnectionPool`` (open), or a connection string
+        such as ``postgresql://user:password@host/dbname`` (then the storage makes a pool of
+        at most :data:`POOL_SIZE` connections of its own, closed by :meth:`close`).
+    :param table: the table, ``name`` or ``schema.name``; made if missing, with ``<name>_aside``
+        beside it for values set aside. No other simplesession storage should use the name.
+    :param ttl: seconds (or a ``timedelta``) after which a session that was neither read nor
+        written reads as missing, by the server's clock; :meth:`sweep` then deletes it.
+    :param lock_timeout: seconds :meth:`lock` waits before raising
+        :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+    :param lock_expiry: seconds after which the server ends the transaction, and so frees the
+        lock, of a holder that went silent (paused, cut off). A live holder keeps its lock
+        however long it takes.
+    :param max_size: the most bytes of JSON a session may take: a bigger one is refused, and a
+        stored one too big for one is set aside without being sent (see :class:`Storage`).
+
+    A row holds a session's key, the version of its data, its last use and its JSON document
+    (as in a session file). A key's lock is a transaction-scoped advisory lock, taken on a
+    connection of the pool and held there from load to write-back: reads and writes of the
+    key go through that transaction, and releasing the lock commits it. A holder whose
+    connection was lost gets :class:`~simplesession.LockLost` and writes nothing, so no
+    stale value ever overwrites a newer one. A stored value that is not a session of its key
+    is moved to the ``_aside`` table (kept), an ERROR is logged, and the key reads as missing.
+    Failures to reach the server raise :class:`~simplesession.StorageError`.
+    """
+
+    kind = "PostgreSQL"
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | psycopg_pool.ConnectionPool[Any],
+        *,
+        table: str = "simplesession",
+        ttl: float | timedelta | None = None,
+        lock_timeout: float | None = 10.0,
+        lock_expiry: float | timedelta = 30.0,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        try:
+            import psycopg
+            import psycopg_pool
+        except ImportError as exc:
+            raise ImportError(_MISSING) from exc
+        parts = _table_parts(table)
+        expiry = ttl_seconds(lock_expiry, "lock_expiry")
+        if expiry is None:
+            raise ValueError(
+                "lock_expiry must be a positive duration, not None: a lock must free itself if its holder dies"
+            )
+        self.table = table
+        self.lock_expiry = expiry
+        self._psycopg = psycopg
+        self._conninfo = conninfo_or_pool if isinstance(conninfo_or_pool, str) else None
+        self._pid = os.getpid()
+        if self._conninfo is not None:
+            # Connect once first: an unreachable server is an error now, saying why, rather
+            # than a pool retrying in the background until a timeout.
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    self._prepare(conn, parts)
+            except psycopg.Error as exc:
+                raise self._error("open", None, exc, where=_conninfo_host(self._conninfo)) from exc
+            self._pool: psycopg_pool.ConnectionPool[Any] = self._own_pool()
+        else:
+            if not isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
+                raise TypeError(
+                    "PostgresStorage takes a connection string or a psycopg_pool.ConnectionPool, "
+                    f"not {type(conninfo_or_pool).__name__}"
+                )
+            self._pool = conninfo_or_pool
+            try:
+                with self._pool.connection() as conn:
+                    self._prepare(conn, parts)
+            except psycopg.Error as exc:
+                raise self._error("open", None, exc, where="the server of the pool given") from exc
+        super().__init__(locks=PostgresLocks(self), ttl=ttl, lock_timeout=lock_timeout, max_size=max_size)
+
+    def _prepare(self, conn: psycopg.Connection[Any], parts: tuple[str, ...]) -> None:
+        """Make the tables if missing, check their shape, and learn where they are."""
+        from psycopg import sql
+
+        info = conn.info
+        if info.host.startswith("/"):  # a unix socket's folder
+            self.server = f"postgresql://{info.user}@/{info.dbname}?host={info.host}&port={info.port}"
+        else:
+            self.server = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+        if conn.execute("SHOW server_encoding").fetchone() != ("UTF8",):
+            raise StorageError(f"the database {self.server} is not UTF8: PostgresStorage keeps JSON text in UTF-8")
+        table = sql.Identifier(*parts)
+        aside = sql.Identifier(*parts[:-1], parts[-1] + "_aside")
+        qualified = table.as_string(conn)
+        with conn.transaction():
+            # Two processes making the table at once wait for each other here.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [signed64(hashlib.blake2b(b"tables").digest())])
+            if conn.execute("SELECT to_regclass(%s)", [qualified]).fetchone() == (None,):
+                conn.execute(sql.SQL(SCHEMA).format(t=table, a=aside))
+            try:
+                conn.execute(sql.SQL(SHAPE).format(t=table, a=aside))
+            except self._psycopg.errors.UndefinedColumn as exc:
+                raise StorageError(
+                    f"the table {qualified} on {self.server} is not a simplesession table ({exc}): "
+                    "give PostgresStorage another table name",
+                    path=self.server,
+                ) from None
+            found = conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = %s::regclass",
+                [qualified],
+            ).fetchone()
+        assert found is not None
+        # The lock names and ids of a table are the same whatever search_path found it by.
+        canonical = f"{found[0]}.{found[1]}"
+        self._names = f"postgres:{self.server}:{canonical}:"
+        self._salt = signed64(hashlib.blake2b(canonical.encode(), digest_size=8).digest())
+        self._aside = f"{found[0]}.{found[1]}_aside"
+        self._sql = {name: sql.SQL(text).format(t=table, a=aside).as_bytes(conn) for name, text in QUERIES.items()}
+        self._begin = b"SET LOCAL idle_in_transaction_session_timeout = %d; SELECT pg_try_advisory_xact_lock(%%d)" % (
+            max(1, round(self.lock_expiry * 1000))
+        )
+
+    def _own_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        import psycopg_pool
+
+        assert self._conninfo is not None
+        return psycopg_pool.ConnectionPool(
+            self._conninfo, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, name=self._names, open=True
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self.server!r}, table={self.table!r})"
+
+    def close(self) -> None:
+        """Close the pool the storage made for itself (a pool it was given is left open)."""
+        if self._conninfo is not None and self._pid == os.getpid():
+            self._pool.close()
+
+    # -- what the command line shows -----------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return f"table {self.table} on {self.server}"
+
+    def where(self, key: str) -> str:
+        return f"the row of {key!r} in table {self.table} on {self.server}"
+
+    def about(self) -> list[Figure]:
+        return [Figure("server", "server", self.server), Figure("table", "table", self.table)]
+
+    def stats(self, progress: Any = None) -> StorageStats:
+        """Sessions, their bytes and last uses, counted by the server; and the values set aside."""
+        (count, size, oldest, newest), (aside,) = (
+            self._one("count", None, "stats"),
+            self._one("count", None, "aside_count"),
+        )
+        now = time.time()
+        stats = StorageStats(
+            count, int(size), None if oldest is None else now - oldest, None if newest is None else now - newest
+        )
+        stats.details = [Figure("set_aside", "set aside", aside, f"{aside} (table {self._aside})" if aside else "0")]
+        return stats
+
+    # -- the hooks -------------------------------------------------------------------------
+
+    def _get(self, key: str) -> Stored | None:
+        found = self._one("read", key, "get", (self._read_limit(key), row_id(key)), binary=True)
+        if found is None:
+            return None
+        document, size, age = found
+        if document is None:
+            raise Unreadable(self._too_large(size))
+        return bytes(document), (age, time.monotonic())
+
+    def _put(self, key: str, document: bytes) -> Any:
+        self._run("write", key, "put", (row_id(key), key_column(key), version_of(key, document), document), wrote=True)
+        return 0.0, time.monotonic()
+
+    def _delete(self, key: str) -> None:
+        self._run("delete", key, "delete", (row_id(key),), wrote=True)
+
+    def _age(self, stamp: Any) -> float:
+        age, seen = stamp
+        return age + time.monotonic() - seen  # type: ignore[no-any-return]
+
+    def _touch(self, key: str, stamp: Any) -> Any:
+        return (0.0, time.monotonic()) if self._run("touch", key, "touch", (row_id(key),)) else None
+
+    def _set_used(self, key: str, used: float) -> None:
+        self._run("set the idle clock of", key, "set_used", (used, row_id(key)), wrote=True)
+
+    def _idle(self, key: str) -> tuple[float, int] | None:
+        found = self._one("look at", key, "idle", (row_id(key),))
+        return None if found is None else (found[0], found[1])
+
+    def _scan(self, clock: bool) -> Iterator[list[Listed]]:
+        last = b""
+        while True:
+            rows = self._rows("list", "page", (last,))
+            yield [Listed(key_of(key), age, size) for _, key, age, size in rows]
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    def _move_aside(self, key: str, expected: Stored | None) -> str | None:
+        if expected is None:  # unreadable: too large to be a session
+            params: tuple[Any, ...] = (row_id(key), self._read_limit(key))
+            found = self._one("set aside", key, "aside_large", params, wrote=True)
+        else:
+            found = self._one("set aside", key, "aside_same", (row_id(key), expected[0]), wrote=True)
+        return None if found is None else f"row aside_id={found[0]} of table {self._aside} on {self.server}"
+
+    # -- statements --------------------------------------------------------------------------
+
+    def _one(
+        self,
+        action: str,
+        key: str | None,
+        query: str,
+        params: Sequence[Any] = (),
+        *,
+        binary: bool = False,
+        wrote: bool = False,
+    ) -> Any:
+        """The one row of ``query`` (``None``: none), run as :meth:`_run` runs it."""
+        rows = self._run(action, key, query, params, binary=binary, wrote=wrote, fetch=True)
+        return rows[0] if rows else None
+
+    def _rows(self, action: str, query: str, params: Sequence[Any]) -> list[Any]:
+        return self._run(action, None, query, params, fetch=True)  # type: ignore[no-any-return]
+
+    def _run(
+        self,
+        action: str,
+        key: str | None,
+        query: str,
+        params: Sequence[Any],
+        *,
+        binary: bool = False,
+        wrote: bool = False,
+        fetch: bool = False,
+    ) -> Any:
+        """Run one statement: in the transaction of ``key``'s lock if this process holds it, else
+        on a connection of the pool. Its rows with ``fetch``, else how many rows it changed."""
+        statement = self._sql[query]
+        hold = None if key is None else holding.get(self._names + key)
+        if hold is not None:
+            if wrote:
+                hold.wrote = True
+            try:
+                cursor = hold.conn.execute(statement, params, binary=binary)
+            except self._psycopg.Error as exc:
+                if hold.conn.closed:
+                    hold.wrote = False  # reported here: the release has nothing more to say
+                    raise self._lost(key, exc) from exc
+                raise self._error(action, key, exc) from exc
+            return cursor.fetchall() if fetch else cursor.rowcount
+        pool = self._pool_now()
+        for attempt in range(pool.max_size + 1):
+            conn = self._checkout(pool, action, key)
+            try:
+                cursor = conn.execute(statement, params, binary=binary)
+                result = cursor.fetchall() if fetch else cursor.rowcount
+                if not conn.autocommit:
+                    conn.commit()
+            except self._psycopg.Error as exc:
+                if conn.closed and attempt < pool.max_size:
+                    continue  # a pooled connection the server had closed meanwhile (a restart): try another
+                raise self._error(action, key, exc) from exc
+            finally:
+                pool.putconn(conn)  # a closed one is dropped
+            return result
+        raise AssertionError("unreachable")
+
+    def _checkout(
+        self, pool: psycopg_pool.ConnectionPool[Any], action: str, key: str | None
+    ) -> psycopg.Connection[Any]:
+        try:
+            conn: psycopg.Connection[Any] = pool.getconn()
+        except self._psycopg.Error as exc:
+            raise self._error(action, key, exc) from exc
+        return conn
+
+    def _pool_now(self) -> psycopg_pool.ConnectionPool[Any]:
+        """The pool; in a forked child, a new one of its own if the storage made it (the parent's
+        connections are the parent's: they are left alone, never closed from here)."""
+        if self._pid != os.getpid() and self._conninfo is not None:
+            _inherited.append(self._pool)
+            self._pid = os.getpid()
+            self._pool = self._own_pool()
+        return self._pool
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def _lock_id(self, key: str) -> int:
+        return signed64(row_id(key)) ^ self._salt
+
+    def _take(self, key: str) -> Hold | None:
+        """Begin a transaction on a connection of the pool and take ``key``'s advisory lock in it;
+        the hold, or ``None`` if another holds the lock."""
+        pool = self._pool_now()
+        begin = self._begin % self._lock_id(key)
+        for attempt in range(pool.max_size + 1):
+            conn = self._checkout(pool, "lock", key)
+            try:
+                # One round trip: BEGIN, the lock's expiry and the lock (psycopg sends BEGIN
+                # itself on a connection that is not in autocommit).
+                cursor = conn.execute(b"BEGIN; " + begin if conn.autocommit else begin)
+                while cursor.nextset():
+                    pass
+                if cursor.fetchone() == (True,):
+                    return Hold(conn, pool, self.lock_expiry)
+                conn.execute(b"ROLLBACK")
+            except self._psycopg.Error as exc:
+                if conn.closed and attempt < pool.max_size:
+                    continue  # as in _run
+                raise self._error("lock", key, exc) from exc
+            finally:
+                if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.INTRANS:
+                    pool.putconn(conn)  # not taken: back to the pool
+            return None
+        raise AssertionError("unreachable")
+
+    def _give_back(self, key: str, hold: Hold) -> None:
+        """Commit the transaction of ``key``'s lock, which frees it. If something was written
+        under it and the commit failed, nothing was: :class:`LockLost` (or, if a statement
+        under it had failed, :class:`StorageError`) says so."""
+        with hold.mutex:
+            hold.live = False
+        conn = hold.conn
+        failure: StorageError | None = None
+        try:
+            if conn.info.transaction_status == self._psycopg.pq.TransactionStatus.INERROR:
+                conn.execute(b"ROLLBACK")
+                failure = StorageError(
+                    f"a statement under the lock of session {key!r} in {self.location} failed, "
+                    "so nothing written under that lock was kept",
+                    key=key,
+                    path=self.server,
+                )
+            else:
+                conn.execute(b"COMMIT")
+        except self._psycopg.Error as exc:
+            failure = self._lost(key, exc)
+        finally:
+            hold.pool.putconn(conn)
+        if failure is not None:
+            if hold.wrote:
+                raise failure
+            _log.warning("%s (nothing had been written under it)", failure)
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _error(self, action: str, key: str | None, exc: Exception, where: str | None = None) -> StorageError:
+        whose = f"session {key!r}" if key is not None else "the sessions"
+        place = where or self.location
+        hint = "; is the server running and reachable?" if isinstance(exc, self._psycopg.OperationalError) else ""
+        message = f"could not {action} {whose} in {place}: {_said(exc)}{hint}"
+        return StorageError(message, key=key, path=getattr(self, "server", place))
+
+    def _lost(self, key: str | None, exc: Exception) -> LockLost:
+        return LockLost(
+            f"the lock of session {key!r} in {self.location} was lost with its connection ({_said(exc)}), "
+            "so nothing was written; another update may have changed the session since",
+            key=key,
+            path=self.server,
+        )
+
+
+_inherited: list[Any] = []
+"""Pools a forked child found in its storages: kept, never closed, as their connections are its parent's."""
+
+
+def _said(exc: Exception) -> str:
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+
+def _table_parts(table: object) -> tuple[str, ...]:
+    if type(table) is not str:
+        raise TypeError(f"table must be a str, not {type(table).__name__} {table!r}")
+    parts = tuple(table.split("."))
+    if not 1 <= len(parts) <= 2 or not all(parts) or "\x00" in table or len(parts[-1].encode()) > 57:
+        raise ValueError(f"table must be a name of at most 57 bytes, or schema.name, not {table!r}")
+    return parts
+
+
+def _conninfo_host(conninfo: str) -> str:
+    """Where ``conninfo`` points, without its password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        found = conninfo_to_dict(conninfo)
+    except Exception:
+        return "the server of the given connection string"
+    user, host, port = found.get("user", ""), found.get("host", "localhost"), found.get("port", 5432)
+    return f"postgresql://{user}@{host}:{port}/{found.get('dbname', '')}"

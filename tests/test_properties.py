@@ -18,12 +18,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg_pool
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simplesession import Context, FileStorage, MemoryStorage, RedisStorage, Storage, session
+from simplesession import Context, FileStorage, MemoryStorage, PostgresStorage, RedisStorage, Storage, session
 from simplesession.keys import MAX_STEM, encode_key, is_hashed_name, key_from_name
 
 
@@ -92,13 +93,20 @@ def same(a: Any, b: Any) -> bool:
 class Place:
     """The sessions of one example: ``open()`` gives another storage object on them."""
 
-    def __init__(self, kind: str, redis_url: str | None, ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str | None,
+        ttl: float | None = None,
+        pool: psycopg_pool.ConnectionPool | None = None,
+    ) -> None:
         self.kind = kind
         self.ttl = ttl
         self._folder: str | None = None
         self._client: redis.Redis | None = None
         self._prefix = f"simplesession-prop:{uuid.uuid4().hex}:"
         self._memory: MemoryStorage | None = None
+        self._pool: psycopg_pool.ConnectionPool | None = None
         if kind.startswith("file"):
             self._folder = tempfile.mkdtemp(prefix="simplesession-prop-")
         elif kind == "redis":
@@ -106,6 +114,9 @@ class Place:
             self._client = redis.Redis.from_url(redis_url)
         elif kind == "memory":
             self._memory = MemoryStorage(ttl=ttl)
+        elif kind == "postgres":
+            assert pool is not None
+            self._pool, self._table = pool, f"prop_{uuid.uuid4().hex}"
         else:
             raise ValueError(kind)
 
@@ -115,6 +126,8 @@ class Place:
             return self._memory
         if self._client is not None:
             return RedisStorage(self._client, prefix=self._prefix, ttl=self.ttl)
+        if self._pool is not None:  # one pool for all: a storage object costs no connection of its own
+            return PostgresStorage(self._pool, table=self._table, ttl=self.ttl)
         assert self._folder is not None
         cache_size = 1024 if cache and self.kind != "file-nocache" else 0
         return FileStorage(self._folder, cache_size=cache_size, ttl=self.ttl)
@@ -130,9 +143,18 @@ class Place:
             for name in list(self._client.scan_iter(match=self._prefix + "*", count=1000)):
                 self._client.delete(name)
             self._client.close()
+        if self._pool is not None:
+            with self._pool.connection() as conn:
+                conn.execute(f'DROP TABLE IF EXISTS "{self._table}", "{self._table}_aside"'.encode())
 
 
 PlaceMaker = Callable[..., "contextlib.AbstractContextManager[Place]"]
+
+
+@pytest.fixture(scope="module")
+def postgres_pool(postgres_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
+    with psycopg_pool.ConnectionPool(postgres_url, min_size=1, max_size=8, kwargs={"autocommit": True}) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -142,7 +164,8 @@ def places(request: pytest.FixtureRequest) -> PlaceMaker:
     @contextlib.contextmanager
     def make(kind: str, ttl: float | None = None) -> Iterator[Place]:
         url = request.getfixturevalue("redis_url") if kind == "redis" else None
-        place = Place(kind, url, ttl)
+        pool = request.getfixturevalue("postgres_pool") if kind == "postgres" else None
+        place = Place(kind, url, ttl, pool)
         try:
             yield place
         finally:
@@ -186,7 +209,7 @@ def test_any_file_name_decodes_to_nothing_or_to_the_key_with_that_very_name(text
             assert encode_key(key)[1] == name
 
 
-STORAGE_KINDS = ["memory", "file", "file-nocache", "redis"]
+STORAGE_KINDS = ["memory", "file", "file-nocache", "redis", "postgres"]
 
 
 @bounded(40)
@@ -304,6 +327,9 @@ def age(storage: Storage, key: str) -> bool:
         if item is not None:
             storage._items[key] = item._replace(used=item.used - 2 * TTL)
         return True
+    if isinstance(storage, PostgresStorage):
+        storage._set_used(key, time.time() - 2 * TTL)
+        return True
     return False
 
 
@@ -315,6 +341,8 @@ MODEL_KINDS = [
     pytest.param("file", TTL, id="file-ttl"),
     pytest.param("file-nocache", TTL, id="file-nocache-ttl"),
     pytest.param("redis", None, id="redis"),
+    pytest.param("postgres", None, id="postgres"),
+    pytest.param("postgres", TTL, id="postgres-ttl"),
 ]
 
 

@@ -29,6 +29,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 USER = "simplesession"
 INSTALL_HINT = "install PostgreSQL (Debian, Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
+DEBIAN_BINARIES = "/usr/lib/postgresql/*/bin/initdb"  # Debian keeps them off PATH, one folder per version
 
 
 class Missing(Exception):
@@ -40,7 +41,7 @@ def binaries() -> str | None:
     found = shutil.which("initdb")
     if found is not None:
         return os.path.dirname(os.path.realpath(found))  # a link on PATH: the folder of the real one
-    folders = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    folders = glob.glob(DEBIAN_BINARIES)
     newest = sorted(folders, key=lambda path: [int(n) for n in re.findall(r"\d+", path)])
     return os.path.dirname(newest[-1]) if newest else None
 

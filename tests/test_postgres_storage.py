@@ -131,7 +131,7 @@ def test_a_table_of_another_shape_is_refused_and_left_alone(postgres_url: str, c
 
 
 def test_a_table_name_is_checked(postgres_url: str) -> None:
-    for bad in ("", "a.b.c", ".x", "x" * 58, "nul\x00"):
+    for bad in ("", "a.b.c", ".x", "x" * 58, "nul\x00", "50%", "two words", "1st", 'quo"te'):
         with pytest.raises(ValueError, match="table must be"):
             PostgresStorage(postgres_url, table=bad)
     with pytest.raises(TypeError, match="table must be a str"):
@@ -300,29 +300,45 @@ def test_a_holder_whose_connection_the_server_ended_gets_lock_lost_and_writes_no
 ) -> None:
     storage = make()
     storage.write("k", {"n": 5})
+    # The write-back goes with the release: that is where the loss shows.
+    lock = storage.lock("k")
+    lock.__enter__()
+    storage.write("k", {"n": 6})
+    conn.execute("SELECT pg_terminate_backend(%s)", [holder_pid(conn, storage, "k")])
+    with pytest.raises(LockLost) as info:
+        lock.__exit__(None, None, None)
+    assert "nothing was written" in str(info.value)
+    assert info.value.key == "k"
+    assert storage.read("k") == {"n": 5}
+    # A read under a lost lock says so at once, and the release has nothing more to say.
     with storage.lock("k"):
-        storage.write("k", {"n": 6})  # in the lock's transaction, not yet committed
+        storage.write("k", {"n": 7})
         conn.execute("SELECT pg_terminate_backend(%s)", [holder_pid(conn, storage, "k")])
-        with pytest.raises(LockLost) as info:
-            storage.write("k", {"n": 7})
-        assert "nothing was written" in str(info.value)
-        assert info.value.key == "k"
+        with pytest.raises(LockLost):
+            storage.read("k")
     assert storage.read("k") == {"n": 5}
     with storage.lock("k"):  # the next update goes on
         storage.write("k", {"n": 8})
     assert storage.read("k") == {"n": 8}
 
 
-def test_a_release_whose_commit_fails_says_nothing_was_written(make: Make, conn: psycopg.Connection[Any]) -> None:
+def test_a_write_back_the_server_refuses_at_the_release_is_an_error_and_nothing_is_written(
+    make: Make, conn: psycopg.Connection[Any]
+) -> None:
     storage = make()
     storage.write("k", {"n": 5})
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD CHECK (octet_length(document) < 100)").format(sql.Identifier(storage.table))
+    )
     lock = storage.lock("k")
     lock.__enter__()
-    storage.write("k", {"n": 6})
-    conn.execute("SELECT pg_terminate_backend(%s)", [holder_pid(conn, storage, "k")])
-    with pytest.raises(LockLost):
+    storage.write("k", {"n": 6, "pad": "x" * 200})
+    with pytest.raises(StorageError, match="could not write session 'k'"):
         lock.__exit__(None, None, None)
     assert storage.read("k") == {"n": 5}
+    with storage.lock("k"):  # the connection went back clean
+        storage.write("k", {"n": 7})
+    assert storage.read("k") == {"n": 7}
 
 
 # -- through the middleware ---------------------------------------------------------------------------

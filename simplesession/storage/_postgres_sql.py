@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import data
 from ..keys import key_bytes
 from .document import check_version, key_size
 
-__all__ = ["PAGE", "QUERIES", "SCHEMA", "SHAPE", "key_column", "key_of", "row_id", "signed64", "version_of"]
+__all__ = [
+    "PAGE",
+    "QUERIES",
+    "SCHEMA",
+    "SHAPE",
+    "LockStatements",
+    "key_column",
+    "key_of",
+    "lock_statements",
+    "row_id",
+    "signed64",
+    "version_of",
+]
 
 PAGE = 500
 """Sessions per page of a listing, and so per slice of a sweep (a ``LIMIT``)."""
@@ -105,3 +117,55 @@ def signed64(raw: bytes) -> int:
 def row_id(key: str) -> bytes:
     """The primary key of ``key``'s row: BLAKE2b-128 of its UTF-8."""
     return hashlib.blake2b(key_bytes(key), digest_size=16).digest()
+
+
+class LockStatements(NamedTuple):
+    """What a lock's transaction sends, for one storage (see :mod:`._postgres_locks`).
+
+    ``take`` and ``take_inline`` are formatted with ``(lock id, read limit, row id in hex)``,
+    after ``begin`` or ``read_committed``: ``skip`` results come before the lock's;
+    ``put`` with ``(row id, key's UTF-8, both in hex, version or NULL, document in hex)``.
+    Values go in as hex or numbers, so they need no quoting whatever the server's settings.
+    """
+
+    name: bytes
+    prepare: list[tuple[str, bytes]]
+    begin: bytes
+    read_committed: bytes
+    take: bytes
+    take_inline: bytes
+    skip: int
+    put: bytes
+
+
+def lock_statements(queries: dict[str, bytes], canonical: str, expiry_ms: int, expiring: bool) -> LockStatements:
+    """The statements of the locks of the table ``canonical`` (``schema.name``), whose
+    rendered ``queries`` they reuse. Unless its connections end idle transactions by
+    themselves (``expiring``), each transaction asks for it."""
+    get, put = queries["get"], queries["put"]
+    name = b"simplesession_" + hashlib.blake2b(canonical.encode() + get + put, digest_size=8).hexdigest().encode()
+    hexed = b"decode('%s', 'hex')"
+    # Read committed whatever the server's default, so that each statement sees what was
+    # committed before it began; then the lock; then the session's row in a statement of its
+    # own, so that it sees what the last holder wrote.
+    head = b"" if expiring else b"SET LOCAL idle_in_transaction_session_timeout = %d; " % expiry_ms
+    head += b"SELECT pg_try_advisory_xact_lock(%d); "
+    return LockStatements(
+        name=name,
+        prepare=[
+            (f"{name.decode()}_get", b"PREPARE %s_get(bigint, bytea) AS %s; " % (name, _numbered(get))),
+            (f"{name.decode()}_put", b"PREPARE %s_put(bytea, text, numeric, bytea) AS %s; " % (name, _numbered(put))),
+        ],
+        begin=b"BEGIN ISOLATION LEVEL READ COMMITTED; ",
+        read_committed=b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED; ",
+        take=head + b"EXECUTE %s_get(%%d, %s)" % (name, hexed),
+        take_inline=head + get.replace(b"%s", b"%d").replace(b"%b", hexed),
+        skip=1 if expiring else 2,
+        put=b"EXECUTE %s_put(%s, convert_from(%s, 'UTF8'), %%s, %s); " % (name, hexed, hexed, hexed),
+    )
+
+
+def _numbered(query: bytes) -> bytes:
+    """``query`` with its placeholders (``%s``, ``%b``) as ``$1``, ``$2``, ...: for ``PREPARE``."""
+    parts = re.split(rb"%[sb]", query)
+    return parts[0] + b"".join(b"$%d" % n + part for n, part in enumerate(parts[1:], 1))

@@ -5,15 +5,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .. import data
 from ..data import DEFAULT_MAX_SIZE
 from ..errors import LockLost, StorageError
-from ._postgres_locks import Hold, PostgresLocks, holding
-from ._postgres_sql import PAGE, QUERIES, SCHEMA, SHAPE, key_column, key_of, row_id, signed64, version_of
+from ._postgres_locks import PostgresLocks, holding
+from ._postgres_sql import (
+    PAGE,
+    QUERIES,
+    SCHEMA,
+    SHAPE,
+    key_column,
+    key_of,
+    lock_statements,
+    row_id,
+    signed64,
+    version_of,
+)
 from .base import Storage
 from .values import Figure, Listed, StorageStats, Stored, Unreadable, ttl_seconds
 
@@ -85,7 +98,7 @@ class PostgresStorage(Storage):
         self.table = table
         self.lock_expiry = expiry
         self._psycopg = psycopg
-        self._conninfo = conninfo_or_pool if isinstance(conninfo_or_pool, str) else None
+        self._conninfo = None if not isinstance(conninfo_or_pool, str) else _expiring(conninfo_or_pool, expiry)
         self._pid = os.getpid()
         if self._conninfo is not None:
             # Connect once first: an unreachable server is an error now, saying why, rather
@@ -149,9 +162,8 @@ class PostgresStorage(Storage):
         self._salt = signed64(hashlib.blake2b(canonical.encode(), digest_size=8).digest())
         self._aside = f"{found[0]}.{found[1]}_aside"
         self._sql = {name: sql.SQL(text).format(t=table, a=aside).as_bytes(conn) for name, text in QUERIES.items()}
-        self._begin = b"SET LOCAL idle_in_transaction_session_timeout = %d; SELECT pg_try_advisory_xact_lock(%%d)" % (
-            max(1, round(self.lock_expiry * 1000))
-        )
+        expiry_ms = _ms(self.lock_expiry)
+        self._statements = lock_statements(self._sql, canonical, expiry_ms, expiring=self._conninfo is not None)
 
     def _own_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         import psycopg_pool
@@ -197,7 +209,12 @@ class PostgresStorage(Storage):
     # -- the hooks -------------------------------------------------------------------------
 
     def _get(self, key: str) -> Stored | None:
-        found = self._one("read", key, "get", (self._read_limit(key), row_id(key)), binary=True)
+        limit = self._read_limit(key)
+        hold = holding.get(self._names + key)
+        if hold is not None and hold.found is not None and hold.limit == limit:
+            found, hold.found = hold.found[0], None  # read with the lock: no round trip
+        else:
+            found = self._one("read", key, "get", (limit, row_id(key)), binary=True)
         if found is None:
             return None
         document, size, age = found
@@ -206,7 +223,20 @@ class PostgresStorage(Storage):
         return bytes(document), (age, time.monotonic())
 
     def _put(self, key: str, document: bytes) -> Any:
-        self._run("write", key, "put", (row_id(key), key_column(key), version_of(key, document), document), wrote=True)
+        version = version_of(key, document)
+        hold = holding.get(self._names + key)
+        if hold is not None and hold.prepared:
+            # Sent with the release, in its round trip (or before any other statement under the lock).
+            literal = b"NULL" if version is None else data.encode(version)
+            values = (
+                row_id(key).hex().encode(),
+                key_column(key).encode().hex().encode(),
+                literal,
+                document.hex().encode(),
+            )
+            hold.found, hold.wrote, hold.pending = None, True, self._statements.put % values
+        else:
+            self._run("write", key, "put", (row_id(key), key_column(key), version, document), wrote=True)
         return 0.0, time.monotonic()
 
     def _delete(self, key: str) -> None:
@@ -278,9 +308,13 @@ class PostgresStorage(Storage):
         statement = self._sql[query]
         hold = None if key is None else holding.get(self._names + key)
         if hold is not None:
+            hold.found = None  # what the lock read may be stale from here on
             if wrote:
                 hold.wrote = True
             try:
+                if hold.pending is not None:
+                    hold.conn.execute(hold.pending)
+                    hold.pending = None
                 cursor = hold.conn.execute(statement, params, binary=binary)
             except self._psycopg.Error as exc:
                 if hold.conn.closed:
@@ -328,60 +362,6 @@ class PostgresStorage(Storage):
     def _lock_id(self, key: str) -> int:
         return signed64(row_id(key)) ^ self._salt
 
-    def _take(self, key: str) -> Hold | None:
-        """Begin a transaction on a connection of the pool and take ``key``'s advisory lock in it;
-        the hold, or ``None`` if another holds the lock."""
-        pool = self._pool_now()
-        begin = self._begin % self._lock_id(key)
-        for attempt in range(pool.max_size + 1):
-            conn = self._checkout(pool, "lock", key)
-            try:
-                # One round trip: BEGIN, the lock's expiry and the lock (psycopg sends BEGIN
-                # itself on a connection that is not in autocommit).
-                cursor = conn.execute(b"BEGIN; " + begin if conn.autocommit else begin)
-                while cursor.nextset():
-                    pass
-                if cursor.fetchone() == (True,):
-                    return Hold(conn, pool, self.lock_expiry)
-                conn.execute(b"ROLLBACK")
-            except self._psycopg.Error as exc:
-                if conn.closed and attempt < pool.max_size:
-                    continue  # as in _run
-                raise self._error("lock", key, exc) from exc
-            finally:
-                if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.INTRANS:
-                    pool.putconn(conn)  # not taken: back to the pool
-            return None
-        raise AssertionError("unreachable")
-
-    def _give_back(self, key: str, hold: Hold) -> None:
-        """Commit the transaction of ``key``'s lock, which frees it. If something was written
-        under it and the commit failed, nothing was: :class:`LockLost` (or, if a statement
-        under it had failed, :class:`StorageError`) says so."""
-        with hold.mutex:
-            hold.live = False
-        conn = hold.conn
-        failure: StorageError | None = None
-        try:
-            if conn.info.transaction_status == self._psycopg.pq.TransactionStatus.INERROR:
-                conn.execute(b"ROLLBACK")
-                failure = StorageError(
-                    f"a statement under the lock of session {key!r} in {self.location} failed, "
-                    "so nothing written under that lock was kept",
-                    key=key,
-                    path=self.server,
-                )
-            else:
-                conn.execute(b"COMMIT")
-        except self._psycopg.Error as exc:
-            failure = self._lost(key, exc)
-        finally:
-            hold.pool.putconn(conn)
-        if failure is not None:
-            if hold.wrote:
-                raise failure
-            _log.warning("%s (nothing had been written under it)", failure)
-
     # -- errors ----------------------------------------------------------------------------------
 
     def _error(self, action: str, key: str | None, exc: Exception, where: str | None = None) -> StorageError:
@@ -400,6 +380,7 @@ class PostgresStorage(Storage):
         )
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _inherited: list[Any] = []
 """Pools a forked child found in its storages: kept, never closed, as their connections are its parent's."""
 
@@ -412,9 +393,29 @@ def _table_parts(table: object) -> tuple[str, ...]:
     if type(table) is not str:
         raise TypeError(f"table must be a str, not {type(table).__name__} {table!r}")
     parts = tuple(table.split("."))
-    if not 1 <= len(parts) <= 2 or not all(parts) or "\x00" in table or len(parts[-1].encode()) > 57:
-        raise ValueError(f"table must be a name of at most 57 bytes, or schema.name, not {table!r}")
+    if not (1 <= len(parts) <= 2 and all(_NAME.fullmatch(part) for part in parts) and len(parts[-1]) <= 57):
+        raise ValueError(
+            f"table must be a name of ASCII letters, digits and _ (at most 57), or schema.name, not {table!r}"
+        )
     return parts
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _expiring(conninfo: str, expiry: float) -> str:
+    """``conninfo`` for connections that end a transaction idle for ``expiry`` seconds (a lock's
+    holder gone silent) by themselves, so that taking a lock need not ask for it."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        options = conninfo_to_dict(conninfo).get("options") or ""
+    except ProgrammingError:  # its message may quote the string, password and all
+        raise ValueError("not a PostgreSQL connection string: postgresql://... or key=value pairs") from None
+    setting = f"-c idle_in_transaction_session_timeout={_ms(expiry)}"
+    return make_conninfo(conninfo, options=f"{options} {setting}".lstrip())
 
 
 def _conninfo_host(conninfo: str) -> str:

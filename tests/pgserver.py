@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 URL_VARIABLE = "SIMPLESESSION_TEST_POSTGRES_URL"
 START_TIMEOUT = 30.0
@@ -157,14 +158,26 @@ def postgres_server() -> Iterator[str]:
         started.__exit__(None, None, None)
 
 
-def drop_tables(url: str, table: str) -> None:
-    """Drop a test's table and its ``_aside`` table."""
+_admin: dict[str, Any] = {}  # one connection per server for the tests' clean-ups, made once
+
+
+def drop_tables(url: str, table: str, *, truncate: bool = False) -> None:
+    """Drop a test's table and its ``_aside`` table (or only empty them, with ``truncate``)."""
     import psycopg
     from psycopg import sql
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        for name in (table, table + "_aside"):
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+    names = sql.SQL(", ").join(sql.Identifier(name) for name in (table, table + "_aside"))
+    statement = sql.SQL("TRUNCATE {}" if truncate else "DROP TABLE IF EXISTS {}").format(names)
+    for attempt in (1, 2):
+        conn = _admin.get(url)
+        if conn is None or conn.closed:
+            conn = _admin[url] = psycopg.connect(url, autocommit=True)
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.OperationalError:
+            if attempt == 2:
+                raise  # else a test ended the kept connection: another one
 
 
 def main(url_file: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 import tracemalloc
@@ -141,20 +142,35 @@ def test_a_table_name_is_checked(postgres_url: str) -> None:
 # -- pools and connections ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("autocommit", [True, False])
-def test_works_on_a_pool_of_ones_own_which_close_leaves_open(make: Make, postgres_url: str, autocommit: bool) -> None:
+def discard_all(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("DISCARD ALL")  # what some pools do to a connection given back: prepared statements gone
+
+
+POOLS = {
+    "autocommit": {"kwargs": {"autocommit": True}},
+    "transactions": {"kwargs": {"autocommit": False}},
+    "no-prepared-statements": {"kwargs": {"autocommit": True, "prepare_threshold": None}},
+    "discard-all": {"kwargs": {"autocommit": True}, "reset": discard_all},
+}
+
+
+@pytest.mark.parametrize("options", list(POOLS.values()), ids=list(POOLS))
+def test_works_on_a_pool_of_ones_own_which_close_leaves_open(
+    make: Make, postgres_url: str, options: dict[str, Any]
+) -> None:
     table = make().table
-    with ConnectionPool(postgres_url, min_size=1, max_size=4, kwargs={"autocommit": autocommit}, open=True) as pool:
+    with ConnectionPool(postgres_url, min_size=1, max_size=2, open=True, **options) as pool:
         storage = PostgresStorage(pool, table=table)
-        storage.write("k", {"n": 1})
-        with storage.lock("k"):
-            storage.write("k", {"n": storage.read("k")["n"] + 1})  # type: ignore[index]
-        assert storage.read("k") == {"n": 2}
+        storage.write("k", {"n": 0})
+        for _ in range(8):  # over the same connections again and again
+            with storage.lock("k"):
+                storage.write("k", {"n": storage.read("k")["n"] + 1})  # type: ignore[index]
+        assert storage.read("k") == {"n": 8}
         assert sorted(storage.keys()) == ["k"]
         storage.close()
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        assert PostgresStorage(postgres_url, table=table).read("k") == {"n": 2}
+    assert make(table=table).read("k") == {"n": 8}
 
 
 def test_close_closes_the_pool_a_storage_made_and_with_closes_it_too(make: Make, postgres_url: str) -> None:
@@ -164,21 +180,65 @@ def test_close_closes_the_pool_a_storage_made_and_with_closes_it_too(make: Make,
         storage.read("k")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="uses fork")
+def test_a_forked_child_makes_a_pool_of_its_own_and_holds_none_of_the_parents_locks(make: Make) -> None:
+    storage = make(lock_timeout=0.2)
+    storage.write("k", 1)
+    with storage.lock("k"):
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's connections are not its own, nor is the lock
+            code = 1
+            try:
+                assert storage.read("k") == 1
+                try:
+                    with storage.lock("k"):
+                        pass
+                except LockTimeout:
+                    storage.write("child", 2)
+                    code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.01)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert storage.read("k") == 1  # the parent's connections still work
+    assert done, "the child hung"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.read("child") == 2
+
+
 def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error(
+    make: Make, postgres_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    name = f"pooled_{uuid.uuid4().hex}"
+    storage = make()
+    with PostgresStorage(f"{postgres_url}?application_name={name}", table=storage.table) as named:
+        named.write("k", 1)
+        # Its idle connections, ended as a restart or an idle timeout would end them.
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s", [name]
+        ).fetchone()
+        assert ended is not None
+        assert ended[0] >= 1
+        time.sleep(0.1)
+        assert named.read("k") == 1
+        with named.lock("k"):
+            named.write("k", 2)
+        assert named.read("k") == 2
+
+
+def test_the_connections_a_storage_makes_are_named_for_pg_stat_activity(
     make: Make, conn: psycopg.Connection[Any]
 ) -> None:
-    storage = make()
-    storage.write("k", 1)
-    # Every idle connection of this storage's pool, ended as a restart or an idle timeout would.
-    conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ''"
-        " AND pid <> pg_backend_pid() AND state = 'idle' AND datname = current_database()"
-    )
-    time.sleep(0.1)
-    assert storage.read("k") == 1
-    with storage.lock("k"):
-        storage.write("k", 2)
-    assert storage.read("k") == 2
+    make().write("k", 1)
+    found = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'simplesession'").fetchone()
+    assert found is not None
+    assert found[0] >= 1
 
 
 def test_an_unreachable_server_is_a_storage_error_naming_it_without_the_password() -> None:

@@ -98,7 +98,7 @@ class Place:
         kind: str,
         redis_url: str | None,
         ttl: float | None = None,
-        pool: psycopg_pool.ConnectionPool | None = None,
+        pool: tuple[psycopg_pool.ConnectionPool, str] | None = None,
     ) -> None:
         self.kind = kind
         self.ttl = ttl
@@ -116,7 +116,7 @@ class Place:
             self._memory = MemoryStorage(ttl=ttl)
         elif kind == "postgres":
             assert pool is not None
-            self._pool, self._table = pool, f"prop_{uuid.uuid4().hex}"
+            self._pool, self._table = pool
         else:
             raise ValueError(kind)
 
@@ -144,17 +144,22 @@ class Place:
                 self._client.delete(name)
             self._client.close()
         if self._pool is not None:
-            with self._pool.connection() as conn:
-                conn.execute(f'DROP TABLE IF EXISTS "{self._table}", "{self._table}_aside"'.encode())
+            with self._pool.connection() as conn:  # the module's table, emptied for the next example
+                conn.execute(f'TRUNCATE "{self._table}", "{self._table}_aside"'.encode())
 
 
 PlaceMaker = Callable[..., "contextlib.AbstractContextManager[Place]"]
 
 
 @pytest.fixture(scope="module")
-def postgres_pool(postgres_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
+def postgres_pool(postgres_url: str) -> Iterator[tuple[psycopg_pool.ConnectionPool, str]]:
+    """A pool and a table for the examples, one after the other: made once, emptied after each."""
+    table = f"prop_{uuid.uuid4().hex}"
     with psycopg_pool.ConnectionPool(postgres_url, min_size=1, max_size=8, kwargs={"autocommit": True}) as pool:
-        yield pool
+        PostgresStorage(pool, table=table)
+        yield pool, table
+        with pool.connection() as conn:
+            conn.execute(f'DROP TABLE "{table}", "{table}_aside"'.encode())
 
 
 @pytest.fixture

@@ -55,7 +55,8 @@ class PostgresStorage(Storage):
     :param ttl: seconds (or a ``timedelta``) after which a session that was neither read nor
         written reads as missing, by the server's clock; :meth:`sweep` then deletes it.
     :param lock_timeout: seconds :meth:`lock` waits before raising
-        :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
+        :class:`~simplesession.LockTimeout`; ``None`` waits for ever. A waiter polls the lock
+        (``pg_try_advisory_xact_lock``), often at first, then backing off.
     :param lock_expiry: seconds after which the server ends the transaction, and so frees the
         lock, of a holder that went silent (paused, cut off). A live holder keeps its lock
         however long it takes.
@@ -65,11 +66,15 @@ class PostgresStorage(Storage):
     A row holds a session's key, the version of its data, its last use and its JSON document
     (as in a session file). A key's lock is a transaction-scoped advisory lock, taken on a
     connection of the pool and held there from load to write-back: reads and writes of the
-    key go through that transaction, and releasing the lock commits it. A holder whose
-    connection was lost gets :class:`~simplesession.LockLost` and writes nothing, so no
-    stale value ever overwrites a newer one. A stored value that is not a session of its key
-    is moved to the ``_aside`` table (kept), an ERROR is logged, and the key reads as missing.
-    Failures to reach the server raise :class:`~simplesession.StorageError`.
+    key go through that transaction, and releasing the lock commits it (a write under the
+    lock travels with the release). A holder whose connection was lost gets
+    :class:`~simplesession.LockLost` and writes nothing, so no stale value ever overwrites a
+    newer one. Each held lock takes a connection of the pool while it is held. A stored value
+    that is not a session of its key is moved to the ``_aside`` table (kept), an ERROR is
+    logged, and the key reads as missing. Failures to reach the server raise
+    :class:`~simplesession.StorageError`. The database must be UTF8; behind PgBouncer, give a
+    pool whose connections have ``prepare_threshold=None``. A storage used in a forked child
+    makes a pool of its own there (a pool it was given cannot cross a fork).
     """
 
     kind = "PostgreSQL"
@@ -411,11 +416,13 @@ def _expiring(conninfo: str, expiry: float) -> str:
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     try:
-        options = conninfo_to_dict(conninfo).get("options") or ""
+        given = conninfo_to_dict(conninfo)
     except ProgrammingError:  # its message may quote the string, password and all
         raise ValueError("not a PostgreSQL connection string: postgresql://... or key=value pairs") from None
     setting = f"-c idle_in_transaction_session_timeout={_ms(expiry)}"
-    return make_conninfo(conninfo, options=f"{options} {setting}".lstrip())
+    options = f"{given.get('options') or ''} {setting}".lstrip()
+    # Named, unless the string names them, so that pg_stat_activity tells the sessions' connections.
+    return make_conninfo(conninfo, options=options, application_name=given.get("application_name") or "simplesession")
 
 
 def _conninfo_host(conninfo: str) -> str:

@@ -65,3 +65,16 @@ def test_smoke_run_without_node_makes_a_results_table_offline(tmp_path: Path) ->
     assert "(grammy-file@storage): --no-node" in text
     assert "(grammy-session@framework): --no-node" in text
     assert raw.stat().st_size > 0
+
+
+def test_postgres_paired_smoke_run_makes_its_table(postgres_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(_run_py().with_name("postgres_paired.py")), "--smoke", "--url", postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| workload | bare psycopg loop, updates/s | session() + PostgresStorage, updates/s |" in done.stdout
+    assert "| W1 |" in done.stdout

@@ -142,8 +142,8 @@ def server(url: str | None) -> Iterator[str | None]:
     try:
         with pgserver.cluster() as made:
             yield made
-    except pgserver.Missing as exc:
-        print(f"postgres_paired: skipped: {exc}", file=sys.stderr)
+    except pgserver.Missing:
+        print(f"postgres_paired: skipped: no PostgreSQL here: {pgserver.INSTALL_HINT}, or give --url", file=sys.stderr)
         yield None
 
 

@@ -104,6 +104,9 @@ def test_storages_on_one_table_share_it_and_its_locks_whatever_the_table_is_call
         assert one.lock_name("k") == two.lock_name("k")
         with one.lock("k", holder="first"), pytest.raises(LockTimeout), two.lock("k", holder="second"):
             pass
+        with one.lock("k"), two.lock("k"):  # one holder: the lock taken by one, written through the other
+            two.write("k", 2)
+        assert one.read("k") == 2
     finally:
         two.close()
 

@@ -20,6 +20,7 @@ __all__ = [
     "PAGE",
     "QUERIES",
     "SCHEMA",
+    "SCHEMA_ASIDE",
     "SHAPE",
     "LockStatements",
     "key_column",
@@ -47,7 +48,9 @@ COMMENT ON COLUMN {t}.key IS 'the session key (a backslash written \\\\, NUL wri
 COMMENT ON COLUMN {t}.version IS 'the schema version of the data (migrations), or NULL';
 COMMENT ON COLUMN {t}.used IS 'last read or write, by the server''s clock: the idle clock of ttl';
 COMMENT ON COLUMN {t}.document IS 'the session as JSON: {{"format":1,"key":...,"version":...,"data":...}}';
-COMMENT ON COLUMN {t}.id IS 'BLAKE2b-128 of the key''s UTF-8: an index entry of one size for keys of any length';
+COMMENT ON COLUMN {t}.id IS 'BLAKE2b-128 of the key''s UTF-8: an index entry of one size for keys of any length'
+"""
+SCHEMA_ASIDE = """
 CREATE TABLE {a} (
     aside_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     moved timestamptz NOT NULL DEFAULT now(),

@@ -19,6 +19,7 @@ from ._postgres_sql import (
     PAGE,
     QUERIES,
     SCHEMA,
+    SCHEMA_ASIDE,
     SHAPE,
     key_column,
     key_of,
@@ -145,8 +146,9 @@ class PostgresStorage(Storage):
         with conn.transaction():
             # Two processes making the table at once wait for each other here.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [signed64(hashlib.blake2b(b"tables").digest())])
-            if conn.execute("SELECT to_regclass(%s)", [qualified]).fetchone() == (None,):
-                conn.execute(sql.SQL(SCHEMA).format(t=table, a=aside))
+            for name, schema in ((table, SCHEMA), (aside, SCHEMA_ASIDE)):
+                if conn.execute("SELECT to_regclass(%s)", [name.as_string(conn)]).fetchone() == (None,):
+                    conn.execute(sql.SQL(schema).format(t=table, a=aside))
             try:
                 conn.execute(sql.SQL(SHAPE).format(t=table, a=aside))
             except self._psycopg.errors.UndefinedColumn as exc:
@@ -161,11 +163,13 @@ class PostgresStorage(Storage):
                 [qualified],
             ).fetchone()
         assert found is not None
-        # The lock names and ids of a table are the same whatever search_path found it by.
+        # The table by its schema and name, whatever search_path found it by: one set of lock
+        # names, lock ids and statements for every storage on it.
         canonical = f"{found[0]}.{found[1]}"
+        table, aside = sql.Identifier(*found), sql.Identifier(found[0], found[1] + "_aside")
         self._names = f"postgres:{self.server}:{canonical}:"
         self._salt = signed64(hashlib.blake2b(canonical.encode(), digest_size=8).digest())
-        self._aside = f"{found[0]}.{found[1]}_aside"
+        self._aside = f"{canonical}_aside"
         self._sql = {name: sql.SQL(text).format(t=table, a=aside).as_bytes(conn) for name, text in QUERIES.items()}
         expiry_ms = _ms(self.lock_expiry)
         self._statements = lock_statements(self._sql, canonical, expiry_ms, expiring=self._conninfo is not None)

@@ -165,6 +165,14 @@ def test_works_on_a_pool_of_ones_own_which_close_leaves_open(
     assert make(table=table).read("k") == {"n": 8}
 
 
+def test_a_pool_with_no_free_connection_is_an_error_saying_so(make: Make, postgres_url: str) -> None:
+    table = make().table
+    with ConnectionPool(postgres_url, min_size=1, max_size=1, timeout=0.2, open=True) as pool:
+        storage = PostgresStorage(pool, table=table)
+        with storage.lock("a"), pytest.raises(StorageError, match="no connection of its pool was free"):
+            storage.read("b")  # the one connection holds the lock of "a"
+
+
 def test_close_closes_the_pool_a_storage_made_and_with_closes_it_too(make: Make, postgres_url: str) -> None:
     with PostgresStorage(postgres_url, table=make().table) as storage:
         storage.write("k", 1)

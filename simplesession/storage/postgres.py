@@ -351,8 +351,18 @@ class PostgresStorage(Storage):
     def _checkout(
         self, pool: psycopg_pool.ConnectionPool[Any], action: str, key: str | None
     ) -> psycopg.Connection[Any]:
+        from psycopg_pool import PoolTimeout
+
         try:
             conn: psycopg.Connection[Any] = pool.getconn()
+        except PoolTimeout as exc:
+            raise StorageError(
+                f"could not {action} session {key!r} in {self.location}: no connection of its pool was free "
+                f"within {pool.timeout:g} s ({pool.max_size} at most; each lock held takes one): "
+                "give PostgresStorage a larger pool of your own, or find what holds them",
+                key=key,
+                path=self.server,
+            ) from exc
         except self._psycopg.Error as exc:
             raise self._error(action, key, exc) from exc
         return conn

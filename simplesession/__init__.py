@@ -19,6 +19,7 @@ from .session import MultiSession, SessionMiddleware, lazy_session, multi_sessio
 from .storage import (
     FileStorage,
     MemoryStorage,
+    PostgresStorage,
     RedisStorage,
     Storage,
     StorageStats,
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryStorage",
     "MigrationError",
     "MultiSession",
+    "PostgresStorage",
     "RedisStorage",
     "SQLiteStorage",
     "SessionDataError",

@@ -14,9 +14,10 @@ import pytest
 from botrunner import JOIN_TIMEOUT, Started
 from fakebotapi import FakeBotAPI
 from hookstorage import HookStorage
+from pgserver import drop_tables, postgres_server
 from redisserver import SentinelSet, redis_cluster, redis_sentinel, redis_server
 
-from simplesession import FileStorage, MemoryStorage, RedisStorage, SQLiteStorage, Storage
+from simplesession import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SQLiteStorage, Storage
 from simplesession.bot import Bot
 
 
@@ -63,7 +64,27 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(name)
 
 
-STORAGES = ["memory", "file", "file-nocache", "redis", "hooks", "sqlite"]
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole test session: $SIMPLESESSION_TEST_POSTGRES_URL, or a cluster made here."""
+    with postgres_server() as url:
+        yield url
+
+
+def postgres_storage(request: pytest.FixtureRequest, **options: Any) -> PostgresStorage:
+    """A PostgresStorage on a table of this test's own (or ``table=``), closed and dropped afterwards."""
+    url, table = request.getfixturevalue("postgres_url"), options.pop("table", f"test_{uuid.uuid4().hex}")
+    storage = PostgresStorage(url, table=table, **options)
+
+    def finish() -> None:
+        storage.close()
+        drop_tables(url, table)
+
+    request.addfinalizer(finish)
+    return storage
+
+
+STORAGES = ["memory", "file", "file-nocache", "redis", "hooks", "sqlite", "postgres"]
 
 
 def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest, **options: Any) -> Storage:
@@ -81,6 +102,8 @@ def make_storage(kind: str, directory: Path, request: pytest.FixtureRequest, **o
         return HookStorage(**options)
     if kind == "sqlite":
         return SQLiteStorage(directory / "sessions.db", **options)
+    if kind == "postgres":
+        return postgres_storage(request, **options)
     raise ValueError(kind)
 
 
@@ -125,6 +148,8 @@ def make_idle(storage: Storage, key: str, seconds: float) -> None:
         else:
             storage.client.pexpire(name, 1)
             time.sleep(0.01)
+    elif isinstance(storage, PostgresStorage):
+        storage._set_used(key, time.time() - seconds)  # the hook of restore()
     else:
         raise TypeError(storage)
 

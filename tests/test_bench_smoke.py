@@ -86,3 +86,16 @@ def test_the_redis_pair_runs_and_makes_its_table(redis_url: str) -> None:
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| W")]
     assert [row.split("|")[1].strip() for row in rows] == ["W1", "W2"]
+
+
+def test_postgres_paired_smoke_run_makes_its_table(postgres_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(_run_py().with_name("postgres_paired.py")), "--smoke", "--url", postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| workload | bare psycopg loop, updates/s | session() + PostgresStorage, updates/s |" in done.stdout
+    assert "| W1 |" in done.stdout

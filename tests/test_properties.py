@@ -18,13 +18,23 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg_pool
 import pytest
 import redis
 from conftest import sqlite_idle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simplesession import Context, FileStorage, MemoryStorage, RedisStorage, SQLiteStorage, Storage, session
+from simplesession import (
+    Context,
+    FileStorage,
+    MemoryStorage,
+    PostgresStorage,
+    RedisStorage,
+    SQLiteStorage,
+    Storage,
+    session,
+)
 from simplesession.keys import MAX_STEM, encode_key, is_hashed_name, key_from_name
 
 
@@ -93,13 +103,20 @@ def same(a: Any, b: Any) -> bool:
 class Place:
     """The sessions of one example: ``open()`` gives another storage object on them."""
 
-    def __init__(self, kind: str, redis_url: str | None, ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str | None,
+        ttl: float | None = None,
+        pool: tuple[psycopg_pool.ConnectionPool, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.ttl = ttl
         self._folder: str | None = None
         self._client: redis.Redis | None = None
         self._prefix = f"simplesession-prop:{uuid.uuid4().hex}:"
         self._memory: MemoryStorage | None = None
+        self._pool: psycopg_pool.ConnectionPool | None = None
         if kind.startswith(("file", "sqlite")):
             self._folder = tempfile.mkdtemp(prefix="simplesession-prop-")
         elif kind == "redis":
@@ -107,6 +124,9 @@ class Place:
             self._client = redis.Redis.from_url(redis_url)
         elif kind == "memory":
             self._memory = MemoryStorage(ttl=ttl)
+        elif kind == "postgres":
+            assert pool is not None
+            self._pool, self._table = pool
         else:
             raise ValueError(kind)
 
@@ -116,6 +136,8 @@ class Place:
             return self._memory
         if self._client is not None:
             return RedisStorage(self._client, prefix=self._prefix, ttl=self.ttl)
+        if self._pool is not None:  # one pool for all: a storage object costs no connection of its own
+            return PostgresStorage(self._pool, table=self._table, ttl=self.ttl)
         assert self._folder is not None
         cache_size = 1024 if cache and not self.kind.endswith("-nocache") else 0
         if self.kind.startswith("sqlite"):
@@ -133,9 +155,23 @@ class Place:
             for name in list(self._client.scan_iter(match=self._prefix + "*", count=1000)):
                 self._client.delete(name)
             self._client.close()
+        if self._pool is not None:
+            with self._pool.connection() as conn:  # the module's table, emptied for the next example
+                conn.execute(f'TRUNCATE "{self._table}", "{self._table}_aside"'.encode())
 
 
 PlaceMaker = Callable[..., "contextlib.AbstractContextManager[Place]"]
+
+
+@pytest.fixture(scope="module")
+def postgres_pool(postgres_url: str) -> Iterator[tuple[psycopg_pool.ConnectionPool, str]]:
+    """A pool and a table for the examples, one after the other: made once, emptied after each."""
+    table = f"prop_{uuid.uuid4().hex}"
+    with psycopg_pool.ConnectionPool(postgres_url, min_size=1, max_size=8, kwargs={"autocommit": True}) as pool:
+        PostgresStorage(pool, table=table)
+        yield pool, table
+        with pool.connection() as conn:
+            conn.execute(f'DROP TABLE "{table}", "{table}_aside"'.encode())
 
 
 @pytest.fixture
@@ -145,7 +181,8 @@ def places(request: pytest.FixtureRequest) -> PlaceMaker:
     @contextlib.contextmanager
     def make(kind: str, ttl: float | None = None) -> Iterator[Place]:
         url = request.getfixturevalue("redis_url") if kind == "redis" else None
-        place = Place(kind, url, ttl)
+        pool = request.getfixturevalue("postgres_pool") if kind == "postgres" else None
+        place = Place(kind, url, ttl, pool)
         try:
             yield place
         finally:
@@ -189,7 +226,7 @@ def test_any_file_name_decodes_to_nothing_or_to_the_key_with_that_very_name(text
             assert encode_key(key)[1] == name
 
 
-STORAGE_KINDS = ["memory", "file", "file-nocache", "redis", "sqlite"]
+STORAGE_KINDS = ["memory", "file", "file-nocache", "redis", "sqlite", "postgres"]
 
 
 @bounded(40)
@@ -310,6 +347,9 @@ def age(storage: Storage, key: str) -> bool:
         if item is not None:
             storage._items[key] = item._replace(used=item.used - 2 * TTL)
         return True
+    if isinstance(storage, PostgresStorage):
+        storage._set_used(key, time.time() - 2 * TTL)
+        return True
     return False
 
 
@@ -324,6 +364,8 @@ MODEL_KINDS = [
     pytest.param("sqlite", None, id="sqlite"),
     pytest.param("sqlite-nocache", TTL, id="sqlite-nocache-ttl"),
     pytest.param("sqlite", TTL, id="sqlite-ttl"),
+    pytest.param("postgres", None, id="postgres"),
+    pytest.param("postgres", TTL, id="postgres-ttl"),
 ]
 
 

@@ -22,7 +22,9 @@ How each fenced block of README.md is checked:
   at a time, checks each reply, then stops the process.
 - A block that uses ``RedisStorage`` gets the tests' Redis server (``tests/redisserver.py``)
   as ``REDIS_URL``, as ``examples/redis_counter.py`` takes it, and the test checks what it
-  stored there; without ``redis-server`` the test is skipped, saying why.
+  stored there; without ``redis-server`` the test is skipped, saying why. A block that uses
+  ``PostgresStorage`` gets the tests' PostgreSQL server (``tests/pgserver.py``) as
+  ``DATABASE_URL`` in the same way, its table dropped before and after.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import pytest
 from fakebotapi import FakeBotAPI
+from pgserver import drop_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text("utf-8")
@@ -49,6 +52,7 @@ RUN_LINE = "pip install -e . && python examples/counter_bot.py"
 OPENING_MAX_LINES = 60
 OPENING_EXAMPLE_MAX_LINES = 25
 REDIS_PREFIX = "mybot:"  # the README's Redis block keeps its sessions under it
+POSTGRES_TABLE = "mybot_sessions"  # the README's PostgreSQL block keeps its sessions in it
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,7 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
     guard.mkdir(exist_ok=True)
     (guard / "sitecustomize.py").write_text(NO_NETWORK, "utf-8")
     # No proxy either: every server a block may reach is on loopback.
-    dropped = {"BOT_TOKEN", "TELEGRAM_API_URL", "REDIS_URL"}
+    dropped = {"BOT_TOKEN", "TELEGRAM_API_URL", "REDIS_URL", "DATABASE_URL"}
     env = {k: v for k, v in os.environ.items() if k not in dropped and not k.lower().endswith("_proxy")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")]))
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), SIMPLESESSION_DIR=str(home / "sessions"))
@@ -334,6 +338,12 @@ def test_readme_python_block_runs_alone(block: Block, tmp_path: Path, request: p
         redis_url = request.getfixturevalue("redis_url")
         forget_redis_keys(redis_url, REDIS_PREFIX)
         extra["REDIS_URL"] = redis_url
+    postgres_url = None
+    if "PostgresStorage(" in block.source:
+        pytest.importorskip("psycopg")
+        postgres_url = request.getfixturevalue("postgres_url")
+        drop_tables(postgres_url, POSTGRES_TABLE)
+        extra["DATABASE_URL"] = postgres_url
     try:
         done = run_alone(block, tmp_path, expected.given, **extra)
         assert done.returncode == 0, f"{where(block)} failed alone:\n{done.stderr}"
@@ -343,9 +353,16 @@ def test_readme_python_block_runs_alone(block: Block, tmp_path: Path, request: p
 
             # The console is chat 1, and it sent /count twice.
             assert RedisStorage(redis_url, prefix=REDIS_PREFIX).read("1") == {"count": 2}
+        if postgres_url is not None and expected.given:
+            from simplesession import PostgresStorage
+
+            with PostgresStorage(postgres_url, table=POSTGRES_TABLE) as storage:
+                assert storage.read("1") == {"count": 2}
     finally:
         if redis_url is not None:
             forget_redis_keys(redis_url, REDIS_PREFIX)
+        if postgres_url is not None:
+            drop_tables(postgres_url, POSTGRES_TABLE)
 
 
 def forget_redis_keys(url: str, prefix: str) -> None:

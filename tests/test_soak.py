@@ -43,6 +43,7 @@ from typing import Any
 
 import forkserver
 import pytest
+from conftest import postgres_storage
 
 from simplesession import FileStorage, RedisStorage, Storage
 from simplesession.storage.file import DEBRIS_AGE, TEMP_PREFIX
@@ -65,7 +66,12 @@ BOT = """
 
     kind, where, prefix, index, seconds, log, config = sys.argv[1:8]
     index, seconds, config = int(index), float(seconds), json.loads(config)
-    if kind == "file":
+    if kind == "postgres":
+        from simplesession import PostgresStorage
+
+        storage = PostgresStorage(where, table=prefix, ttl=config["ttl"])  # bots sweep, as on files
+        sweep_interval = 0.5
+    elif kind == "file":
         # Half the bots keep a cache, half read the files every time; all sweep by themselves too.
         storage = FileStorage(where, cache_size=1024 if index % 2 else 0, ttl=config["ttl"])
         sweep_interval = 0.5
@@ -161,12 +167,15 @@ def start_together(processes: list[forkserver.Process]) -> None:
         process.stdin.close()
 
 
-@pytest.fixture(params=["file", "redis", "redis-paused"])
+@pytest.fixture(params=["file", "redis", "redis-paused", "postgres"])
 def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, Storage]]:
     """(kind, where, prefix, a storage to check the result with)."""
     if request.param == "file":
         root = tmp_path / "sessions"
         yield "file", str(root), "", FileStorage(root, cache_size=0)
+    elif request.param == "postgres":  # the prefix names the table
+        storage = postgres_storage(request)
+        yield "postgres", request.getfixturevalue("postgres_url"), storage.table, storage
     else:
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
         yield request.param, url, prefix, RedisStorage(url, prefix=prefix)

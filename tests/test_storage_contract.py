@@ -18,6 +18,7 @@ from simplesession import (
     FileStorage,
     LockTimeout,
     MemoryStorage,
+    PostgresStorage,
     RedisStorage,
     SessionDataError,
     SQLiteStorage,
@@ -597,7 +598,15 @@ BACKEND_EXTRAS = {
     RedisStorage: {"client", "server", "prefix", "lock_expiry"},
     HookStorage: {"clock", "aside"},
     SQLiteStorage: set(),
+    PostgresStorage: {"server", "table", "lock_expiry"},
 }
+
+
+def test_close_gives_back_what_a_storage_keeps_open_once_or_twice(storage_with: Any) -> None:
+    with storage_with() as storage:  # closed at the end of the block
+        storage.write("k", 1)
+        assert storage.read("k") == 1
+    storage.close()
 
 
 def test_every_member_of_the_base_is_tried_here_on_every_storage() -> None:

@@ -9,6 +9,7 @@ from .document import Version
 from .file import FileStorage, default_directory
 from .locks import Holder, InProcessLocks, KeyLock, LockSpace
 from .memory import MemoryStorage
+from .postgres import PostgresStorage
 from .redis import RedisStorage
 from .stripes import FileStripes
 from .urls import open_storage
@@ -28,6 +29,7 @@ __all__ = [
     "Listed",
     "LockSpace",
     "MemoryStorage",
+    "PostgresStorage",
     "RedisStorage",
     "SQLiteStorage",
     "Storage",

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from .. import data
 from ..cache import Cache, LRUCache, MapCache
@@ -60,6 +60,7 @@ class _Default(enum.Enum):
 
 
 _DEFAULT_TIMEOUT = _Default.TIMEOUT
+_S = TypeVar("_S", bound="Storage")
 
 
 _Entry = tuple[Hashable, Any, "Version | None", bytes, bool]
@@ -345,6 +346,17 @@ class Storage(ABC):
     def records_versions(self) -> bool:
         """Whether :meth:`write` keeps ``version`` beside the value (migrations need it)."""
         return True
+
+    def close(self) -> None:
+        """Give back what the storage keeps open (a PostgresStorage's own pool of connections);
+        most keep nothing. Use no storage after closing it. ``with storage:`` closes it at the end."""
+        return  # optional: most places keep nothing open
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- the session middleware's way in -------------------------------------------------
 

@@ -421,10 +421,11 @@ def _storage(args: argparse.Namespace, url: str | None = None, *, ttl: float | N
     """The storage at ``url`` (default: the one the options name), with the options that apply to its kind."""
     url = _url(args) if url is None else url
     options: dict[str, Any] = {}
-    if kind_of(url) == "file":
+    kind = kind_of(url)
+    if kind in ("file", "sqlite"):
         # Every command reads each session once at most: no cache.
         options.update(cache_size=0, trust_folder=args.trust_folder)
-    else:
+    elif kind == "redis":
         options.update(prefix="simplesession:" if args.prefix is None else args.prefix, ttl=ttl)
     try:
         return open_storage(url, **options)
@@ -448,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
         if args.prefix is not None and "redis" not in kinds:
             parser.error("argument --prefix: only with a Redis store (--redis, or --store redis://...)")
-        if args.trust_folder and "file" not in kinds:
-            parser.error("argument --trust-folder: only with a folder (--dir, --app, or --store file:...)")
+        if args.trust_folder and not {"file", "sqlite"} & set(kinds):
+            parser.error("argument --trust-folder: only with a folder (--dir, --app, --store file:... or sqlite:...)")
         if args.command == "import" and args.ttl is not None and kinds != ["redis"]:
             # A file's idle clock is its modification time, which the import sets to now.
             parser.error("argument --ttl: only into Redis (imported files count as used now; sweep --ttl ages them)")

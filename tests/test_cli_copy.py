@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from pgserver import drop_tables
 from test_cli import DAY, SESSIONS, assert_one_error_line, cli
 
 from simplesession import FileStorage, RedisStorage, Storage
@@ -129,15 +131,27 @@ def test_copy_reports_a_corrupt_session_leaves_it_and_copies_the_rest(folder: Pa
     holds_exactly(FileStorage(tmp_path / "target"), {k: v for k, v in SESSIONS.items() if k != "42"})
 
 
-def test_many_sessions_go_from_files_to_redis_and_back_unchanged(
-    tmp_path: Path, redis_url: str, redis_prefix: str
+def test_many_sessions_go_through_sqlite_postgresql_and_redis_back_to_files_unchanged(
+    tmp_path: Path, redis_url: str, redis_prefix: str, postgres_url: str
 ) -> None:
     sessions = {f"chat:{n}": ({"n": n, "name": f"user {n}"}, n % 3 or None) for n in range(MANY)}
     source = FileStorage(tmp_path / "source")
     for key, (value, version) in sessions.items():
         source.write(key, value, version=version)
-    there = cli("--prefix", redis_prefix, "copy", f"file:{tmp_path / 'source'}", redis_url, timeout=120)
-    assert there.returncode == 0, there.stderr
-    back = cli("--prefix", redis_prefix, "copy", redis_url, f"file:{tmp_path / 'back'}", timeout=120)
-    assert back.returncode == 0, back.stderr
+    drop_tables(postgres_url, "simplesession")  # the default table, which the command line uses
+    stores = [
+        f"file:{tmp_path / 'source'}",
+        f"sqlite:{tmp_path / 'sessions.db'}",
+        postgres_url,
+        redis_url,
+        f"file:{tmp_path / 'back'}",
+    ]
+    try:
+        for source_url, target_url in itertools.pairwise(stores):
+            prefix = ["--prefix", redis_prefix] if redis_url in (source_url, target_url) else []
+            done = cli(*prefix, "copy", source_url, target_url, timeout=120)
+            assert done.returncode == 0, (target_url, done.stderr)
+            assert done.stdout.startswith(f"copied {MANY:,} sessions".replace(",", "")), done.stdout
+    finally:
+        drop_tables(postgres_url, "simplesession")
     holds_exactly(FileStorage(tmp_path / "back"), sessions)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
+from pgserver import drop_tables
 
-from simplesession import FileStorage, RedisStorage, open_storage
+from simplesession import FileStorage, PostgresStorage, RedisStorage, SQLiteStorage, open_storage
 
 
 def test_a_relative_file_url_is_a_folder_under_the_working_folder(
@@ -35,7 +37,8 @@ def test_an_absolute_file_url_is_decoded_and_a_tilde_is_home(tmp_path: Path, mon
     ("url", "words"),
     [
         ("file://elsewhere/srv/sessions", ["host 'elsewhere'", "only local folders"]),
-        ("file:", ["names no folder"]),
+        ("file:", ["names no place"]),
+        ("sqlite:", ["names no place", "sqlite:PATH"]),
         ("file:///srv/x?mode=ro", ["no ?query"]),
         ("/srv/sessions", ["file:/srv/sessions", "redis://"]),
         ("sessions", ["file:sessions"]),
@@ -60,3 +63,25 @@ def test_a_redis_url_is_a_redis_storage_with_its_options(redis_url: str, redis_p
     assert isinstance(storage, RedisStorage)
     storage.write("42", {"count": 2})
     assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 2}
+
+
+def test_a_sqlite_url_is_a_sqlite_storage_in_that_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("sqlite:bot/sessions.db", ttl=60)
+    assert isinstance(storage, SQLiteStorage)
+    assert storage.ttl == 60
+    storage.write("42", {"count": 3})
+    assert SQLiteStorage(tmp_path / "bot" / "sessions.db").read("42") == {"count": 3}
+    assert open_storage(f"sqlite://{tmp_path}/bot/sessions.db").read("42") == {"count": 3}
+
+
+def test_a_postgresql_url_is_a_postgres_storage_with_its_options(postgres_url: str) -> None:
+    table = f"test_{uuid.uuid4().hex}"
+    storage = open_storage(postgres_url, table=table)
+    try:
+        assert isinstance(storage, PostgresStorage)
+        storage.write("42", {"count": 4})
+        assert storage.read("42") == {"count": 4}
+    finally:
+        storage.close()
+        drop_tables(postgres_url, table)

@@ -12,12 +12,18 @@ from .file import FileStorage
 
 __all__ = ["FORMS", "kind_of", "open_storage", "shown"]
 
-FORMS = "file:DIR, file:///ABSOLUTE/DIR, redis://HOST:PORT/DB, rediss://..., unix:///SOCKET, redis+cluster://HOST:PORT"
+FORMS = (
+    "file:DIR, file:///ABSOLUTE/DIR, sqlite:PATH, sqlite:///ABSOLUTE/PATH, redis://HOST:PORT/DB, rediss://..., "
+    "unix:///SOCKET, redis+cluster://HOST:PORT, postgresql://USER@HOST/DATABASE"
+)
 """The names :func:`open_storage` takes, for messages."""
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _KINDS = {
     "file": "file",
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "postgres": "postgres",
     "redis": "redis",
     "rediss": "redis",
     "unix": "redis",
@@ -31,6 +37,10 @@ def open_storage(url: str, **options: Any) -> Storage:
 
     - ``file:DIR`` (relative to the working folder, ``~`` expanded) or ``file:///ABS/DIR``:
       a :class:`FileStorage` in that folder.
+    - ``sqlite:PATH`` or ``sqlite:///ABS/PATH``: a :class:`~simplesession.SQLiteStorage` in
+      that database file.
+    - ``postgresql://`` (or ``postgres://``) connection URLs, as libpq reads them: a
+      :class:`~simplesession.PostgresStorage` (``table=`` and the rest as options).
     - ``redis://``, ``rediss://`` (TLS) or ``unix://`` (a socket) URLs, as redis-py reads
       them: a :class:`~simplesession.RedisStorage` on that server (``prefix=`` and the
       rest as options); ``redis+cluster://HOST:PORT`` (or ``rediss+cluster://``) for a
@@ -41,13 +51,22 @@ def open_storage(url: str, **options: Any) -> Storage:
     kind = kind_of(url)
     if kind == "file":
         return FileStorage(_folder(url), **options)
+    if kind == "sqlite":
+        from .sqlite import SQLiteStorage
+
+        return SQLiteStorage(_folder(url), **options)
+    if kind == "postgres":
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(url, **options)
     from .redis import RedisStorage
 
     return RedisStorage(url, **options)
 
 
 def kind_of(url: str) -> str:
-    """What kind of store ``url`` names: ``"file"`` or ``"redis"``; ``ValueError`` if none."""
+    """What kind of store ``url`` names: ``"file"``, ``"sqlite"``, ``"redis"`` or ``"postgres"``;
+    ``ValueError`` if none."""
     if not isinstance(url, str):
         raise TypeError(f"open_storage takes a URL string, not {type(url).__name__}")
     match = _SCHEME.match(url)
@@ -61,17 +80,17 @@ def kind_of(url: str) -> str:
 
 
 def _folder(url: str) -> str:
-    """The folder a ``file:`` URL names."""
-    rest = url[len("file:") :]
+    """The local path a ``file:`` or ``sqlite:`` URL names."""
+    scheme, _, rest = url.partition(":")
     if rest.startswith("//"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"{url!r} names a folder on host {parts.netloc!r}: only local folders (file:///DIR)")
         if parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: a file: URL takes no ?query or #fragment")
+            raise ValueError(f"{url!r}: a {scheme}: URL takes no ?query or #fragment")
         rest = unquote(parts.path)
     if not rest:
-        raise ValueError(f"{url!r} names no folder: file:DIR or file:///ABSOLUTE/DIR")
+        raise ValueError(f"{url!r} names no place: {scheme}:PATH or {scheme}:///ABSOLUTE/PATH")
     return os.path.expanduser(rest)
 
 

@@ -113,6 +113,7 @@ RUNS = {
     "the-bot-runner-1": Run((), ("count=1",)),
     "cleanup-2": Run((), ("1 0 0 0 0",)),  # the sweep: one session, not idle
     "redis-from-one-machine-to-many-1": COUNTS,
+    "postgresql-sessions-in-a-database-1": COUNTS,
     "command-line-1": Run((), ("{'count': 1}",)),
 }
 

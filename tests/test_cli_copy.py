@@ -15,7 +15,7 @@ from test_cli import DAY, SESSIONS, assert_one_error_line, cli
 from simplesession import FileStorage, RedisStorage, Storage
 
 # The long runs (SIMPLESESSION_SOAK_SECONDS set, see test_soak.py) move 10,000 sessions.
-MANY = 10_000 if os.environ.get("SIMPLESESSION_SOAK_SECONDS") else 1_000
+MANY = 10_000 if os.environ.get("SIMPLESESSION_SOAK_SECONDS") else 300
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from simplesession.storage.file import DEBRIS_AGE, TEMP_PREFIX
 pytestmark = [pytest.mark.soak, pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes")]
 
 SECONDS = float(os.environ.get("SIMPLESESSION_SOAK_SECONDS", "1.5"))
-PAUSED_SECONDS = max(SECONDS, 3.0)  # room for a few pauses of a bot past its locks' expiry
+PAUSED_SECONDS = max(SECONDS, 5.0)  # room for several pauses of a bot past its locks' expiry
 READY_TIMEOUT = 60.0
 BOTS = 6
 CHATS = 50

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import forkserver
@@ -65,3 +70,50 @@ class PlainStorage:
 
     def delete(self, key: str) -> None:
         self.values.pop(key, None)
+
+
+def kill_writers(
+    start: Callable[[int], Any],
+    progress: Path,
+    *,
+    rounds: int,
+    seed: int,
+    check_whole: Callable[[], None],
+    read: Callable[[str], Any],
+) -> None:
+    """Kill a writer with SIGKILL at a random moment, ``rounds`` times, and check what it left.
+
+    ``start(first)`` starts the writer: it writes ``{"i": i, ...}`` to ``key{i % 5}`` for ``i``
+    from ``first`` on, appending ``i`` to ``progress`` after each write returned. After each
+    kill ``check_whole()`` checks that every stored value is whole, and every key must read
+    (``read(key)``) as its last completed write, or for one key the write in flight: old or
+    new, never torn, and nothing that returned is lost.
+    """
+    rng = random.Random(seed)
+    next_i = 0
+    expected: dict[str, int] = {}
+    for _round in range(rounds):
+        writer = start(next_i)
+        deadline = time.monotonic() + 30
+        while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(30) == -signal.SIGKILL
+
+        done = [int(line) for line in progress.read_text().split()]
+        progress.unlink()
+        assert done, "the writer never completed a write"
+        for i in done:
+            expected[f"key{i % 5}"] = i
+        in_flight = done[-1] + 1
+        check_whole()
+        for key, last_done in expected.items():
+            got = read(key)
+            assert got is not None
+            allowed = {last_done, in_flight} if f"key{in_flight % 5}" == key else {last_done}
+            assert got["i"] in allowed, (key, got["i"], allowed)
+            if got["i"] == in_flight:
+                expected[key] = in_flight
+        next_i = in_flight + 1
+    assert len(expected) == 5

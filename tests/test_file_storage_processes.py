@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import fork_python
+from helpers import fork_python, kill_writers
 
 from simplesession import FileStorage, LockTimeout
 
@@ -143,35 +142,17 @@ WRITER = """
 def test_sigkill_during_writes_leaves_old_or_new_value_never_torn(tmp_path: Path) -> None:
     root = tmp_path / "sessions"
     progress = tmp_path / "progress"
-    rng = random.Random(1234)
-    next_i = 0
-    expected: dict[str, int] = {}
-    for _round in range(12):
-        writer = fork_python(WRITER, str(root), str(progress), str(next_i))
-        deadline = time.monotonic() + 30
-        while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.05))
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(30)
-        assert writer.returncode == -signal.SIGKILL
 
-        done = [int(line) for line in progress.read_text().split()]
-        progress.unlink()
-        assert done, "the writer never completed a write"
-        for i in done:
-            expected[f"key{i % 5}"] = i
-        in_flight = done[-1] + 1
+    def check_whole() -> None:
         for path in root.rglob("k*.json"):  # every file parses as a whole session
             json.loads(path.read_bytes())
         assert not (root / "corrupt").exists()
-        storage = FileStorage(root, cache_size=0)
-        for key, last_done in expected.items():
-            got = storage.read(key)
-            assert got is not None
-            allowed = {last_done, in_flight} if f"key{in_flight % 5}" == key else {last_done}
-            assert got["i"] in allowed, (key, got["i"], allowed)
-            if got["i"] == in_flight:
-                expected[key] = in_flight
-        next_i = in_flight + 1
-    assert len(expected) == 5
+
+    kill_writers(
+        lambda first: fork_python(WRITER, str(root), str(progress), str(first)),
+        progress,
+        rounds=12,
+        seed=1234,
+        check_whole=check_whole,
+        read=FileStorage(root, cache_size=0).read,
+    )

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import postgres_storage
-from helpers import run_python, start_python
+from helpers import kill_writers, run_python, start_python
 from psycopg import sql
 
 from simplesession import PostgresStorage
@@ -177,38 +175,22 @@ def test_sigkill_during_writes_leaves_old_or_new_values_never_torn(
     storage: PostgresStorage, postgres_url: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     progress = tmp_path / "progress"
-    rng = random.Random(4321)
-    next_i = 0
-    expected: dict[str, int] = {}
-    for _round in range(6):
-        writer = start_python(WRITER, postgres_url, storage.table, str(progress), str(next_i))
-        deadline = time.monotonic() + 30
-        while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.05))
-        writer.send_signal(signal.SIGKILL)
-        assert writer.wait(30) == -signal.SIGKILL
 
-        done = [int(line) for line in progress.read_text().split()]
-        progress.unlink()
-        assert done, "the writer never completed a write"
-        for i in done:
-            expected[f"key{i % 5}"] = i
-        in_flight = done[-1] + 1
+    def check_whole() -> None:
         table = sql.Identifier(storage.table)
         for (document,) in conn.execute(sql.SQL("SELECT document FROM {}").format(table)):
             assert json.loads(document)["format"] == 1  # whole
         aside = sql.Identifier(storage.table + "_aside")
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(aside)).fetchone() == (0,)
-        for key, last_done in expected.items():
-            got = storage.read(key)
-            assert got is not None
-            allowed = {last_done, in_flight} if f"key{in_flight % 5}" == key else {last_done}
-            assert got["i"] in allowed, (key, got["i"], allowed)  # none lost
-            if got["i"] == in_flight:
-                expected[key] = in_flight
-        next_i = in_flight + 1
-    assert len(expected) == 5
+
+    kill_writers(
+        lambda first: start_python(WRITER, postgres_url, storage.table, str(progress), str(first)),
+        progress,
+        rounds=6,
+        seed=4321,
+        check_whole=check_whole,
+        read=storage.read,
+    )
 
 
 def test_sigkill_of_a_holder_writes_nothing_and_frees_its_lock_at_once(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import start_python
+from helpers import kill_writers, start_python
 
 from simplesession import LockTimeout, SQLiteStorage
 
@@ -160,40 +159,22 @@ WRITER = """
 def test_sigkill_during_writes_leaves_old_or_new_values_never_torn_nor_lost(tmp_path: Path) -> None:
     path = tmp_path / "sessions.db"
     progress = tmp_path / "progress"
-    rng = random.Random(1234)
-    next_i = 0
-    expected: dict[str, int] = {}
-    for _round in range(12):
-        writer = start_python(WRITER, str(path), str(progress), str(next_i))
-        deadline = time.monotonic() + 30
-        while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.05))
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(30)
-        assert writer.returncode == -signal.SIGKILL
 
-        done = [int(line) for line in progress.read_text().split()]
-        progress.unlink()
-        assert done, "the writer never completed a write"
-        for i in done:
-            expected[f"key{i % 5}"] = i
-        in_flight = done[-1] + 1
+    def check_whole() -> None:
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             for (value,) in db.execute("SELECT value FROM sessions"):
                 json.loads(value)  # every value whole
             assert db.execute("SELECT count(*) FROM set_aside").fetchone() == (0,)
-        storage = SQLiteStorage(path, cache_size=0)
-        for key, last_done in expected.items():
-            got = storage.read(key)
-            assert got is not None
-            allowed = {last_done, in_flight} if f"key{in_flight % 5}" == key else {last_done}
-            assert got["i"] in allowed, (key, got["i"], allowed)  # not lost: at least what returned
-            if got["i"] == in_flight:
-                expected[key] = in_flight
-        next_i = in_flight + 1
-    assert len(expected) == 5
+
+    kill_writers(
+        lambda first: start_python(WRITER, str(path), str(progress), str(first)),
+        progress,
+        rounds=12,
+        seed=1234,
+        check_whole=check_whole,
+        read=lambda key: SQLiteStorage(path, cache_size=0).read(key),
+    )
 
 
 def test_a_forked_child_opens_a_connection_of_its_own_and_both_go_on(tmp_path: Path) -> None:

@@ -15,6 +15,20 @@ from typing import Any
 
 import forkserver
 
+# A process of locked read-change-write increments of one key: argv is the store's URL (as
+# open_storage takes it), its options as JSON, and how many increments to make.
+INCREMENTER = """
+    import json, sys
+    from simplesession import open_storage
+
+    storage = open_storage(sys.argv[1], **json.loads(sys.argv[2]))
+    for _ in range(int(sys.argv[3])):
+        with storage.lock("counter"):
+            value = storage.read("counter") or {"n": 0}
+            value["n"] += 1
+            storage.write("counter", value)
+"""
+
 
 def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (a real OS process) and return its result."""

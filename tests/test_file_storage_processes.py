@@ -10,28 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fork_python, kill_writers
+from helpers import INCREMENTER, fork_python, kill_writers
 
 from simplesession import FileStorage, LockTimeout
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses fork-free POSIX processes and signals")
 
-INCREMENTER = """
-    import sys
-    from simplesession import FileStorage
-    storage = FileStorage(sys.argv[1])
-    for _ in range(int(sys.argv[2])):
-        with storage.lock("counter"):
-            value = storage.read("counter") or {"n": 0}
-            value["n"] += 1
-            storage.write("counter", value)
-"""
-
 
 @pytest.mark.parametrize("cache_size", [1024, 0])
 def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cache_size: int) -> None:
-    code = INCREMENTER.replace("FileStorage(sys.argv[1])", f"FileStorage(sys.argv[1], cache_size={cache_size})")
-    procs = [fork_python(code, str(tmp_path), "250", stderr=subprocess.PIPE) for _ in range(4)]
+    options = json.dumps({"cache_size": cache_size})
+    procs = [fork_python(INCREMENTER, f"file:{tmp_path}", options, "250", stderr=subprocess.PIPE) for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err

@@ -13,24 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import postgres_storage
-from helpers import kill_writers, run_python, start_python
+from helpers import INCREMENTER, kill_writers, run_python, start_python
 from psycopg import sql
 
 from simplesession import PostgresStorage
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes and signals")
 
-INCREMENTER = """
-    import sys
-    from simplesession import PostgresStorage
-
-    storage = PostgresStorage(sys.argv[1], table=sys.argv[2])
-    for _ in range(int(sys.argv[3])):
-        with storage.lock("counter"):
-            value = storage.read("counter") or {"n": 0}
-            value["n"] += 1
-            storage.write("counter", value)
-"""
 
 # Loads chat 7's session, adds 100, says "holding" and waits for a line on stdin before the
 # write-back; then says how that went.
@@ -158,7 +147,8 @@ def holder_pid(conn: psycopg.Connection[Any], storage: PostgresStorage, key: str
 
 
 def test_four_processes_of_locked_increments_lose_no_update(storage: PostgresStorage, postgres_url: str) -> None:
-    procs = [start_python(INCREMENTER, postgres_url, storage.table, "250", stderr=subprocess.PIPE) for _ in range(4)]
+    options = json.dumps({"table": storage.table})
+    procs = [start_python(INCREMENTER, postgres_url, options, "250", stderr=subprocess.PIPE) for _ in range(4)]
     try:
         for proc in procs:
             _, err = proc.communicate(timeout=120)

@@ -13,25 +13,13 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-from helpers import run_python, start_python
+from helpers import INCREMENTER, run_python, start_python
 
 from simplesession import Bot, Context, LockLost, RedisStorage, multi_session
 
 SESSIONS = [f"chat:{i}" for i in range(30)]
 # Keys whose braces would end a hash tag early, or leave it empty.
 BRACED = ["", "}", "{", "}{", "a}b{c", "{s:x}", "}:lock", "x}:aside:1"]
-
-INCREMENTER = """
-    import sys
-    from simplesession import RedisStorage
-
-    storage = RedisStorage(sys.argv[1], prefix=sys.argv[2])
-    for _ in range(int(sys.argv[3])):
-        with storage.lock("counter"):
-            value = storage.read("counter") or {"n": 0}
-            value["n"] += 1
-            storage.write("counter", value)
-"""
 
 
 @pytest.fixture
@@ -110,8 +98,16 @@ def test_a_corrupt_value_is_set_aside_in_its_slot_and_the_chat_goes_on(
 
 
 def test_processes_incrementing_through_the_cluster_lose_no_update(cluster_url: str, prefix: str) -> None:
+    options = json.dumps({"prefix": prefix})
     procs = [
-        start_python(INCREMENTER, cluster_url, prefix, "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start_python(
+            INCREMENTER,
+            cluster_url,
+            options,
+            "60",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(3)
     ]
     for proc in procs:

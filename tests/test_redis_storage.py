@@ -17,7 +17,7 @@ from typing import Any, cast
 import forkserver
 import pytest
 import redis
-from helpers import fork_python, run_python
+from helpers import INCREMENTER, fork_python, run_python
 from redisserver import free_port
 from test_file_storage import HOSTILE_KEYS
 
@@ -31,18 +31,6 @@ from simplesession import (
     StorageError,
     session,
 )
-
-INCREMENTER = """
-    import sys
-    from simplesession import RedisStorage
-
-    storage = RedisStorage(sys.argv[1], prefix=sys.argv[2])
-    for _ in range(int(sys.argv[3])):
-        with storage.lock("counter"):
-            value = storage.read("counter") or {"n": 0}
-            value["n"] += 1
-            storage.write("counter", value)
-"""
 
 # Takes the lock of "k", says so, and holds it until a line arrives on stdin.
 HOLDER = """
@@ -285,8 +273,16 @@ def test_value_that_cannot_be_set_aside_is_a_corrupt_session_error(
 
 
 def test_three_processes_of_locked_increments_lose_no_update(redis_url: str, redis_prefix: str) -> None:
+    options = json.dumps({"prefix": redis_prefix})
     procs = [
-        fork_python(INCREMENTER, redis_url, redis_prefix, "150", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fork_python(
+            INCREMENTER,
+            redis_url,
+            options,
+            "150",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(3)
     ]
     try:

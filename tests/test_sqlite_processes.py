@@ -11,28 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import kill_writers, start_python
+from helpers import INCREMENTER, kill_writers, start_python
 
 from simplesession import LockTimeout, SQLiteStorage
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes and signals")
 
-INCREMENTER = """
-    import sys
-    from simplesession import SQLiteStorage
-    storage = SQLiteStorage(sys.argv[1], cache_size=int(sys.argv[3]))
-    for _ in range(int(sys.argv[2])):
-        with storage.lock("counter"):
-            value = storage.read("counter") or {"n": 0}
-            value["n"] += 1
-            storage.write("counter", value)
-"""
-
 
 @pytest.mark.parametrize("cache_size", [1024, 0])
 def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cache_size: int) -> None:
     path = str(tmp_path / "sessions.db")
-    procs = [start_python(INCREMENTER, path, "250", str(cache_size), stderr=subprocess.PIPE) for _ in range(4)]
+    options = json.dumps({"cache_size": cache_size})
+    procs = [start_python(INCREMENTER, f"sqlite:{path}", options, "250", stderr=subprocess.PIPE) for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err

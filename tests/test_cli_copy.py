@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,3 +157,26 @@ def test_many_sessions_go_through_sqlite_postgresql_and_redis_back_to_files_unch
     finally:
         drop_tables(postgres_url, "simplesession")
     holds_exactly(FileStorage(tmp_path / "back"), sessions)
+
+
+def test_copy_waits_for_the_lock_of_a_session_a_bot_holds_in_the_target(folder: Path, tmp_path: Path) -> None:
+    target_dir = tmp_path / "target"
+    target = FileStorage(target_dir)
+    with target.lock("42"):  # as a bot's update would, in another process's view
+        copy = subprocess.Popen(
+            [sys.executable, "-m", "simplesession", "copy", f"file:{folder}", f"file:{target_dir}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        try:
+            time.sleep(2)  # a copy that took no lock is done long before: 4 sessions
+            assert copy.poll() is None, copy.communicate()
+            assert target.read("42") is None  # not written under the bot's feet
+        except BaseException:
+            copy.kill()
+            raise
+    _, err = copy.communicate(timeout=60)
+    assert copy.returncode == 0, err
+    holds_exactly(target, SESSIONS)

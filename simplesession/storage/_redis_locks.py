@@ -91,7 +91,7 @@ class RedisLocks(LockSpace):
         storage, token = self.storage, b"%s%x" % (_tokens[0], next(_tokens[1]))
         limit, ttl = storage._read_limit(key), storage.ttl
         found = storage._lock_and_read(key, token, limit, ttl)
-        if found is None:
+        if found is NOTHING:
             return False
         gate.proof = token
         holding[self._names + key] = Held(gate, token, found, limit, ttl)

@@ -10,21 +10,22 @@ __all__ = ["COMMIT", "LOCK_READ", "READ", "RENEW", "SET_ASIDE"]
 
 # Takes the lock KEYS[1] with the token ARGV[1] for ARGV[2] ms if it is free (or already
 # ours: a retried call must not wait for itself), and in the same step reads the session
-# KEYS[2] as READ does, with ARGV[3] and ARGV[4] as READ's ARGV[1] and ARGV[2]. Returns 0
-# if another holder has the lock; else {1, value} (value nil if none), {1, size} for a
-# value over the limit, or {1, -1} for a value that is not a string. Nothing may fail
-# after the SET: a script is not rolled back, so the read uses pcall. Each call inside a
-# script costs the server about as much as a command: the usual path makes three.
+# KEYS[2] as READ does, with ARGV[3] and ARGV[4] as READ's ARGV[1] and ARGV[2]. Returns an
+# empty array if another holder has the lock; else what was read: the value (nil if none),
+# its size for a value over the limit, or -1 for a value that is not a string. Nothing may
+# fail after the SET: a script is not rolled back, so the read uses pcall. Each call inside
+# a script costs the server about as much as a command: the usual path makes three. The
+# reply is one flat value, not an array, as it is the cheapest for the client to parse.
 LOCK_READ = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {} end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local size = redis.pcall('STRLEN', KEYS[2])
-if type(size) == 'table' then return {1, -1} end
-if size > tonumber(ARGV[3]) then return {1, size} end
-if ARGV[4] == '' then return {1, redis.call('GET', KEYS[2])} end
-return {1, redis.call('GETEX', KEYS[2], 'PX', ARGV[4])}
+if type(size) == 'table' then return -1 end
+if size > tonumber(ARGV[3]) then return size end
+if ARGV[4] == '' then return redis.call('GET', KEYS[2]) end
+return redis.call('GETEX', KEYS[2], 'PX', ARGV[4])
 """
 
 # What a holder does at the end, fenced by its token: only if the lock KEYS[1] still holds

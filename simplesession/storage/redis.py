@@ -17,6 +17,7 @@ from ..keys import key_bytes
 from . import _redis_scripts as scripts
 from ._redis_locks import NOTHING, Held, RedisLocks, holding, ms
 from ._redis_topology import Topology, client_from_url
+from ._redis_wire import command, wire_for
 from .base import Storage
 from .document import Version, check_size, document_of
 from .values import Figure, KeyInfo, Listed, StorageStats, Stored, Unreadable, aside_suffix, ttl_seconds
@@ -136,6 +137,7 @@ class RedisStorage(Storage):
         self._read = client.register_script(scripts.READ)
         self._lock_read = client.register_script(scripts.LOCK_READ)
         self._commit_script = client.register_script(scripts.COMMIT)
+        self._wire = wire_for(client)
         super().__init__(locks=RedisLocks(self), ttl=ttl, lock_timeout=lock_timeout, max_size=max_size)
 
     def __repr__(self) -> str:
@@ -264,24 +266,24 @@ class RedisStorage(Storage):
         assert isinstance(raw, bytes)  # decode_responses=False
         return raw, None
 
-    def _found(self, found: list[Any]) -> Stored | None:
+    def _found(self, raw: Any) -> Stored | None:
         """The read that the lock script made, as :meth:`_get` returns it."""
-        if not found or found[0] is None:
+        if raw is None:
             return None
-        raw = found[0]
         if type(raw) is int:
             raise Unreadable("it is not a string value" if raw < 0 else self._too_large(raw))
         return cast("bytes", raw), None
 
-    def _lock_and_read(self, key: str, token: bytes, limit: int, ttl: float | None) -> list[Any] | None:
+    def _lock_and_read(self, key: str, token: bytes, limit: int, ttl: float | None) -> Any:
         """Take ``key``'s lock with ``token`` if it is free, reading its session in the same
-        step; what was read (see :data:`scripts.LOCK_READ`), or ``None`` if another holds it."""
-        args = [token, ms(self.lock_expiry), limit, "" if ttl is None else ms(ttl)]
+        step; what was read (see :data:`scripts.LOCK_READ`), or :data:`NOTHING` if another holds it."""
+        name = self._name(key)
+        args = (token, b"%d" % ms(self.lock_expiry), b"%d" % limit, b"" if ttl is None else b"%d" % ms(ttl))
         try:
-            got = self._run(self._lock_read, self._lock_name(key), self._name(key), *args)
+            got = self._run(self._lock_read, name + b":lock", name, *args)
         except self._failure as exc:
             raise self._error("lock", key, exc) from exc
-        return None if got == 0 else cast("list[Any]", got)[1:]
+        return NOTHING if type(got) is list else got
 
     def write_for_session(self, key: str, value: Any, raw: bytes, version: Version | None) -> None:
         # Under this process's lock the write-back waits for the release, to go with it in
@@ -307,7 +309,7 @@ class RedisStorage(Storage):
         # replaces a write-back it has waiting (another thread's would race it anyway).
         if held.mine():
             held.found, held.pending = NOTHING, None
-        if not self._commit(key, held.token, "set", document, release=False):
+        if not self._commit(key, held.token, b"set", document, release=False):
             raise self._lost(key)
 
     def _delete(self, key: str) -> None:
@@ -317,7 +319,7 @@ class RedisStorage(Storage):
             return
         if held.mine():
             held.found, held.pending = NOTHING, None
-        if not self._commit(key, held.token, "del", b"", release=False):
+        if not self._commit(key, held.token, b"del", b"", release=False):
             raise self._lost(key)
 
     def _unfenced(self, key: str, action: str, command: str, *args: Any, **kwargs: Any) -> None:
@@ -335,21 +337,27 @@ class RedisStorage(Storage):
             raise self._error(action, key, exc) from exc
         self._wait(key, acked)
 
-    def _run(self, script: Any, lock: bytes, name: bytes, *args: Any) -> Any:
+    def _run(self, script: Any, lock: bytes, name: bytes, *args: bytes) -> Any:
         """``script`` on the keys ``lock`` and ``name``: one call, without what redis-py's
-        script objects add to each (a few µs, on the two calls of every update)."""
+        script objects add to each (a few µs, on the two calls of every update), and on a
+        plain client without what its command path adds (see :mod:`._redis_wire`)."""
         try:
+            if self._wire is not None:
+                return self._wire.call(command(b"EVALSHA", script.sha.encode(), b"2", lock, name, *args))
             return self.client.execute_command("EVALSHA", script.sha, 2, lock, name, *args)
         except self._no_script:  # a new or restarted server: the script object loads it
             return script(keys=[lock, name], args=args)
 
-    def _commit(self, key: str, token: bytes, op: str, document: bytes, *, release: bool) -> bool:
+    def _commit(self, key: str, token: bytes, op: bytes, document: bytes, *, release: bool) -> bool:
         """Run :data:`scripts.COMMIT`; whether the lock still was ours (else nothing was done).
 
         With :attr:`wait_replicas`, a write or delete then waits for the replicas, in the same
         round trip, and raises :class:`StorageError` if too few have it."""
-        keys, args = [self._lock_name(key), self._name(key)], [token, op, document, self._ttl_ms(), int(release)]
-        action = "write" if op == "set" else "delete" if op == "del" else "release the lock of"
+        name = self._name(key)
+        ttl = self.ttl
+        keys = [name + b":lock", name]
+        args = [token, op, document, b"" if ttl is None else b"%d" % ms(ttl), b"1" if release else b"0"]
+        action = "write" if op == b"set" else "delete" if op == b"del" else "release the lock of"
         try:
             if not (op and self.wait_replicas):
                 return bool(self._run(self._commit_script, *keys, *args))
@@ -388,7 +396,7 @@ class RedisStorage(Storage):
     def _give_back(self, key: str, held: Held) -> None:
         """Release ``key``'s lock, sending the middleware's write-back with it."""
         storage, document = held.pending if held.pending is not None else (self, None)
-        op = "" if held.pending is None else "set" if document is not None else "del"
+        op = b"" if held.pending is None else b"set" if document is not None else b"del"
         try:
             done = storage._commit(key, held.token, op, document or b"", release=True)
         except StorageError as exc:

@@ -1,0 +1,143 @@
+"""The connections a RedisStorage's updates go out on: found broken and opened afresh, never
+shared by two calls at once nor with a forked child, no more than its threads, and through a
+client's own command path when that path must see every call."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, ClassVar, cast
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from redisserver import StallingProxy
+
+from simplesession import Bot, Context, RedisStorage, StorageError, session
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as conn:
+        yield conn
+
+
+def counting_bot(storage: RedisStorage) -> Bot:
+    bot = Bot(output=io.StringIO())
+    bot.use(session(initial=lambda: {"n": 0}, storage=storage))
+
+    @bot.command("count")
+    def count(ctx: Context) -> None:
+        ctx.session["n"] += 1
+
+    return bot
+
+
+def count(bot: Bot, chat: int, times: int = 1) -> None:
+    for n in range(times):
+        bot.handle_update({"update_id": n, "message": {"message_id": n, "chat": {"id": chat}, "text": "/count"}})
+
+
+def test_an_update_after_the_server_closed_the_storages_connections_goes_through(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    bot = counting_bot(storage)
+    count(bot, 1)
+    # As a server's idle timeout, or a restart, does: every connection but this test's own.
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    count(bot, 1)
+    assert storage.read("1") == {"n": 2}
+
+
+def test_a_reply_that_came_too_late_is_never_taken_for_the_next_calls(redis_url: str, redis_prefix: str) -> None:
+    port = urlsplit(redis_url).port
+    assert port is not None
+    with StallingProxy(port) as proxy:
+        storage = RedisStorage(proxy.url, prefix=redis_prefix, lock_timeout=1)
+        bot = counting_bot(storage)
+        count(bot, 7)
+
+        @bot.command("stall")
+        def stall(ctx: Context) -> None:
+            ctx.session["n"] += 1
+            proxy.stall()  # the write-back and the release get no answer in time
+
+        with pytest.raises(StorageError):
+            bot.handle_update({"update_id": 9, "message": {"message_id": 9, "chat": {"id": 7}, "text": "/stall"}})
+        proxy.resume()  # the server now runs the write-back it was sent, and answers: too late
+        count(bot, 7, 3)
+        assert storage.read("7") == {"n": 5}
+
+
+def test_threads_share_a_storage_each_with_a_connection_of_its_own_and_no_more(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    name = f"simplesession-test-{uuid.uuid4().hex[:12]}"
+    storage = RedisStorage(f"{redis_url}?client_name={name}", prefix=redis_prefix)
+    bot = counting_bot(storage)
+    threads = [threading.Thread(target=count, args=(bot, chat % 2, 50)) for chat in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert (storage.read("0"), storage.read("1")) == ({"n": 100}, {"n": 100})
+    # One per thread at most, and one more for the lock's renewals if they ever ran.
+    assert len([c for c in client.client_list() if c.get("name") == name]) <= len(threads) + 1
+
+
+def test_a_forked_child_and_its_parent_each_update_on_connections_of_their_own(
+    redis_url: str, redis_prefix: str
+) -> None:
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    bot = counting_bot(storage)
+    count(bot, 1)  # the parent has a connection it keeps for the next calls
+    pid = os.fork()
+    if pid == 0:  # the child: had it the parent's connection, their replies would cross
+        code = 1
+        try:
+            count(bot, 2, 200)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        count(bot, 1, 200)
+    finally:
+        deadline = time.monotonic() + 60
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.01)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert done, "the child hung"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (storage.read("1"), storage.read("2")) == ({"n": 201}, {"n": 200})
+
+
+class Traced(redis.Redis):
+    """A client whose commands a tracer wraps, as instrumentation libraries do."""
+
+    seen: ClassVar[list[str]] = []
+
+    @functools.wraps(redis.Redis.execute_command)
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.seen.append(str(args[0]))
+        return cast(Any, super()).execute_command(*args, **options)
+
+
+def test_a_client_whose_command_path_is_wrapped_sees_every_call_of_an_update(redis_url: str, redis_prefix: str) -> None:
+    traced = cast(Traced, Traced.from_url(redis_url))
+    bot = counting_bot(RedisStorage(traced, prefix=redis_prefix))
+    count(bot, 1)
+    traced.seen.clear()
+    count(bot, 1)
+    assert traced.seen == ["EVALSHA", "EVALSHA"]

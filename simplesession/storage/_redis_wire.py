@@ -135,6 +135,8 @@ def wire_for(client: Any) -> Wire | None:
 def _after_fork_in_child() -> None:
     # The parent's connections are the parent's: a child borrows its own (its pool resets
     # itself on first use). Not closed here: shutting a shared socket would cut the parent off.
+    global _made
+    _made = threading.Lock()  # another thread of the parent may have held it at the fork
     for wire in list(_wires.values()):
         wire.idle = deque()
 

@@ -76,6 +76,10 @@ class RedisStorage(Storage):
     ...}`` plus ``"version"`` when there is one. A value that is not such a document of its
     key is renamed to its ``aside`` key (kept, without expiry), an ERROR is logged, and the
     key reads as missing. Failures to reach the server raise :class:`~simplesession.StorageError`.
+
+    On a plain ``redis.Redis`` (RESP2, default pool) those two calls go out on connections of
+    its pool that the storage keeps between calls, one per thread using it at once, checked
+    as the pool checks them; the client's retries and timeouts apply (see ``_redis_wire``).
     """
 
     kind = "Redis"
@@ -353,8 +357,7 @@ class RedisStorage(Storage):
 
         With :attr:`wait_replicas`, a write or delete then waits for the replicas, in the same
         round trip, and raises :class:`StorageError` if too few have it."""
-        name = self._name(key)
-        ttl = self.ttl
+        name, ttl = self._name(key), self.ttl
         keys = [name + b":lock", name]
         args = [token, op, document, b"" if ttl is None else b"%d" % ms(ttl), b"1" if release else b"0"]
         action = "write" if op == b"set" else "delete" if op == b"del" else "release the lock of"

@@ -10,7 +10,11 @@ read in one script, write back and release in another, each fenced by the lock's
 The two take turns update by update (who goes first alternates), on the same sequence of
 chats (the W1 and W2 workloads of ``workloads.py``), each on keys of its own, so that both
 meet the server, the machine and its other load in the same state; each side's time is
-summed over its updates. Prints a Markdown table for ``BENCHMARKS.md``.
+summed over its updates, wall time and this thread's CPU time apart. Then, with ``--breakdown``
+(on by default), each side runs alone in short alternating blocks while the server counts
+its time per command (``INFO commandstats``): ``GET`` and ``SET`` for the bare loop,
+``EVALSHA`` (with the commands its scripts run inside) for ours. Prints Markdown tables for
+``BENCHMARKS.md``: the rates, and where an update's time goes.
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ class Ours:
         self.driver.update(seq_no, index, change)
 
 
+# What each side sends, as INFO commandstats names it; a script's own calls run within its time.
+SERVER_COMMANDS = {"bare": ("get", "set"), "ours": ("evalsha",)}
+BLOCK = 250
+
+
 def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {w: [] for w in WORKLOADS}
     for number in range(runs):
@@ -83,14 +92,50 @@ def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str
             members = list(sides.items())
             orders = [members, members[::-1]]
             seconds = dict.fromkeys(sides, 0.0)
-            clock = time.perf_counter
+            cpu = dict.fromkeys(sides, 0.0)
+            clock, cpu_clock = time.perf_counter, time.thread_time
             for seq_no, index in enumerate(indexes, 1):
                 for name, side in orders[seq_no % 2]:
+                    used = cpu_clock()
                     start = clock()
                     side.update(seq_no, index, change)
                     seconds[name] += clock() - start
-            results[workload].append({"ops": len(indexes), **{f"{k}_seconds": v for k, v in seconds.items()}})
+                    cpu[name] += cpu_clock() - used
+            results[workload].append(
+                {
+                    "ops": len(indexes),
+                    **{f"{k}_seconds": v for k, v in seconds.items()},
+                    **{f"{k}_cpu_seconds": v for k, v in cpu.items()},
+                }
+            )
     return results
+
+
+def server_time(url: str, sessions: int, ops: int, seed: int) -> dict[str, dict[str, float]]:
+    """Per workload and side, the server's µs per update, each side alone in alternating blocks."""
+    import redis
+
+    counter = redis.Redis.from_url(url)
+    sides = {"bare": BareRedis(url, "ssbench:bare:server:"), "ours": Ours(url, "ssbench:ours:server:")}
+    for side in sides.values():
+        side.populate(sessions)
+    found: dict[str, dict[str, float]] = {}
+    for workload in WORKLOADS:
+        indexes = sequence(workload, sessions, ops, seed, 1000)
+        change = CHANGES[workload]
+        usec = dict.fromkeys(sides, 0.0)
+        for side in sides.values():
+            side.update(0, indexes[0], change)
+        for first in range(0, len(indexes), BLOCK):
+            for name, side in sides.items():
+                counter.config_resetstat()
+                for seq_no, index in enumerate(indexes[first : first + BLOCK], first + 1):
+                    side.update(seq_no, index, change)
+                stats = counter.info("commandstats")
+                usec[name] += sum(float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in SERVER_COMMANDS[name])
+        found[workload] = {name: total / len(indexes) for name, total in usec.items()}
+    counter.close()
+    return found
 
 
 @contextlib.contextmanager
@@ -102,10 +147,18 @@ def server(url: str | None) -> Iterator[str]:
         yield found
 
 
+def client_setup() -> str:
+    import redis
+    import redis.utils
+
+    parser = "hiredis" if getattr(redis.utils, "HIREDIS_AVAILABLE", False) else "redis-py's own parser (no hiredis)"
+    return f"redis-py {redis.__version__}, {parser}, on both sides"
+
+
 def table(results: dict[str, list[dict[str, float]]], sessions: int) -> str:
     lines = [
         f"Redis on 127.0.0.1, {sessions:,} sessions, {len(results['W1'])} runs of "
-        f"{results['W1'][0]['ops']:,} updates per workload; Python {platform.python_version()}.",
+        f"{results['W1'][0]['ops']:,} updates per workload; Python {platform.python_version()}, {client_setup()}.",
         "",
         "| workload | bare GET+SET, updates/s | session() + RedisStorage, updates/s | ratio (median of runs) |",
         "| --- | --- | --- | --- |",
@@ -119,6 +172,23 @@ def table(results: dict[str, list[dict[str, float]]], sessions: int) -> str:
     return "\n".join(lines)
 
 
+def breakdown(results: dict[str, list[dict[str, float]]], server: dict[str, dict[str, float]]) -> str:
+    """Where an update's time goes, µs per update: wall and CPU from the timed runs (median),
+    the server's from its own pass; the rest is waiting (the loopback, the scheduler)."""
+    lines = [
+        "| side | workload | wall µs/update | client CPU µs/update | server µs/update | rest (waiting) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for workload, rows in results.items():
+        for name, title in (("bare", "bare GET+SET"), ("ours", "session() + RedisStorage")):
+            wall = statistics.median(r[f"{name}_seconds"] / r["ops"] for r in rows) * 1e6
+            cpu = statistics.median(r[f"{name}_cpu_seconds"] / r["ops"] for r in rows) * 1e6
+            on_server = server[workload][name]
+            rest = wall - cpu - on_server
+            lines.append(f"| {title} | {workload} | {wall:.0f} | {cpu:.0f} | {on_server:.1f} | {rest:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", help="use this Redis server instead of starting one")
@@ -127,10 +197,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=bench_run.SEED)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON instead")
+    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the server's count")
     args = parser.parse_args()
     with server(args.redis_url) as url:
         results = measure(url, args.sessions, args.ops, args.runs, args.seed)
-    print(json.dumps(results, indent=2) if args.json else table(results, args.sessions))
+        on_server = server_time(url, args.sessions, args.ops, args.seed) if args.breakdown else None
+    if args.json:
+        print(json.dumps({"runs": results, "server_usec_per_update": on_server}, indent=2))
+        return
+    print(table(results, args.sessions))
+    if on_server is not None:
+        print()
+        print(breakdown(results, on_server))
 
 
 if __name__ == "__main__":

@@ -123,21 +123,36 @@ def test_a_forked_child_and_its_parent_each_update_on_connections_of_their_own(
     assert (storage.read("1"), storage.read("2")) == ({"n": 201}, {"n": 200})
 
 
-class Traced(redis.Redis):
-    """A client whose commands a tracer wraps, as instrumentation libraries do."""
+class Logged(redis.Redis):
+    """A client whose own ``execute_command`` notes every command."""
 
     seen: ClassVar[list[str]] = []
 
-    @functools.wraps(redis.Redis.execute_command)
     def execute_command(self, *args: Any, **options: Any) -> Any:
         self.seen.append(str(args[0]))
         return cast(Any, super()).execute_command(*args, **options)
 
 
-def test_a_client_whose_command_path_is_wrapped_sees_every_call_of_an_update(redis_url: str, redis_prefix: str) -> None:
-    traced = cast(Traced, Traced.from_url(redis_url))
-    bot = counting_bot(RedisStorage(traced, prefix=redis_prefix))
+@pytest.mark.parametrize("how", ["a subclass", "patched in place, as tracers do"])
+def test_a_client_whose_command_path_is_replaced_sees_every_call_of_an_update(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    seen: list[str] = []
+    if how == "a subclass":
+        client: redis.Redis = Logged.from_url(redis_url)
+        seen = Logged.seen
+    else:
+        original: Any = redis.Redis.execute_command
+
+        @functools.wraps(original)
+        def traced(self: redis.Redis, *args: Any, **options: Any) -> Any:
+            seen.append(str(args[0]))
+            return original(self, *args, **options)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", traced)
+        client = redis.Redis.from_url(redis_url)
+    bot = counting_bot(RedisStorage(client, prefix=redis_prefix))
     count(bot, 1)
-    traced.seen.clear()
+    seen.clear()
     count(bot, 1)
-    assert traced.seen == ["EVALSHA", "EVALSHA"]
+    assert seen == ["EVALSHA", "EVALSHA"]

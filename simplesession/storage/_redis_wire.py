@@ -109,13 +109,14 @@ def wire_for(client: Any) -> Wire | None:
     back against the master now, a blocking pool shares a bounded number of connections, a
     client-side cache or a credential provider acts on the connections between calls,
     RESP3 brings pushes, a single-connection client has its own lock, and a client whose
-    ``execute_command`` is wrapped (tracing) must see every call.
+    ``execute_command`` is replaced or wrapped (tracing, logging) must see every call.
     """
     import redis
 
     if not isinstance(client, redis.Redis) or getattr(client, "connection", None) is not None:
         return None
-    if hasattr(type(client).execute_command, "__wrapped__"):
+    own = redis.Redis.execute_command
+    if type(client).execute_command is not own or hasattr(own, "__wrapped__") or "execute_command" in vars(client):
         return None
     pool = getattr(client, "connection_pool", None)
     if type(pool) is not redis.ConnectionPool or getattr(pool, "cache", None) is not None:

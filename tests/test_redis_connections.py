@@ -4,10 +4,12 @@ client's own command path when that path must see every call."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -17,6 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redisserver import StallingProxy
 
 from simplesession import Bot, Context, RedisStorage, StorageError, session
@@ -74,6 +78,65 @@ def test_a_reply_that_came_too_late_is_never_taken_for_the_next_calls(redis_url:
         proxy.resume()  # the server now runs the write-back it was sent, and answers: too late
         count(bot, 7, 3)
         assert storage.read("7") == {"n": 5}
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 that cuts the first connection to send an ``EVALSHA``, before
+    passing it on: a call lost on the way, as a network blip loses one."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._dropped = False
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+                upstream.settimeout(None)
+                self._sockets += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self._dropped and b"EVALSHA" in data:
+                    self._dropped = True
+                    break
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_client_of_yours_retries_a_lost_call_as_its_retry_policy_says(
+    redis_url: str, redis_prefix: str, retries: int
+) -> None:
+    port = urlsplit(redis_url).port
+    assert port is not None
+    proxy = DroppingProxy(port)
+    try:
+        client = redis.Redis(port=proxy.port, socket_timeout=5, retry=Retry(NoBackoff(), retries))
+        bot = counting_bot(RedisStorage(client, prefix=redis_prefix))
+        if retries:
+            count(bot, 1)
+            assert RedisStorage(redis_url, prefix=redis_prefix).read("1") == {"n": 1}
+        else:
+            with pytest.raises(StorageError, match="is the server running and reachable"):
+                count(bot, 1)
+    finally:
+        proxy.close()
 
 
 def test_threads_share_a_storage_each_with_a_connection_of_its_own_and_no_more(

@@ -24,7 +24,19 @@ __all__ = ["Wire", "command", "wire_for"]
 
 def command(*parts: bytes) -> bytes:
     """``parts`` as one command in Redis's protocol (RESP), ready to send."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+    # One formatting of a pattern made once per number of parts: a few times faster than a
+    # formatting per part (this runs twice per update).
+    pattern = _patterns.get(len(parts))
+    if pattern is None:
+        pattern = _patterns[len(parts)] = b"*%d\r\n" % len(parts) + b"$%d\r\n%s\r\n" * len(parts)
+    values: list[int | bytes] = []
+    for part in parts:
+        values.append(len(part))
+        values.append(part)
+    return pattern % tuple(values)
+
+
+_patterns: dict[int, bytes] = {}
 
 
 class Wire:

@@ -37,12 +37,16 @@ WORKLOADS = ("W1", "W2")
 
 class BareRedis:
     """GET, change, SET with redis-py, and nothing else (SET also when nothing changed: the
-    floor is one GET and one SET, two round trips, as ours takes two)."""
+    floor is one GET and one SET, two round trips, as ours takes two).
 
-    def __init__(self, url: str, prefix: str) -> None:
+    ``kept``: on one connection the client keeps (``single_connection_client=True``) instead
+    of one taken from its pool and given back on each call; for information, beside the floor.
+    """
+
+    def __init__(self, url: str, prefix: str, *, kept: bool = False) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, single_connection_client=kept)
         self.prefix = prefix
 
     def populate(self, sessions: int) -> None:
@@ -74,14 +78,15 @@ class Ours:
 
 
 # What each side sends, as INFO commandstats names it; a script's own calls run within its time.
-SERVER_COMMANDS = {"bare": ("get", "set"), "ours": ("evalsha",)}
+SERVER_COMMANDS = {"bare": ("get", "set"), "kept": ("get", "set"), "ours": ("evalsha",)}
+TITLES = {"bare": "bare GET+SET", "kept": "bare GET+SET, one kept connection", "ours": "session() + RedisStorage"}
 BLOCK = 250
 
 
 def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {w: [] for w in WORKLOADS}
     for number in range(runs):
-        sides = {"bare": BareRedis(url, f"ssbench:bare:{number}:"), "ours": Ours(url, f"ssbench:ours:{number}:")}
+        sides = make_sides(url, f"{number}:")
         for side in sides.values():
             side.populate(sessions)
         for workload in WORKLOADS:
@@ -90,12 +95,12 @@ def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str
             for side in sides.values():  # warm: connections made, scripts loaded
                 side.update(0, indexes[0], change)
             members = list(sides.items())
-            orders = [members, members[::-1]]
+            orders = [members[i:] + members[:i] for i in range(len(members))]
             seconds = dict.fromkeys(sides, 0.0)
             cpu = dict.fromkeys(sides, 0.0)
             clock, cpu_clock = time.perf_counter, time.thread_time
             for seq_no, index in enumerate(indexes, 1):
-                for name, side in orders[seq_no % 2]:
+                for name, side in orders[seq_no % len(orders)]:
                     used = cpu_clock()
                     start = clock()
                     side.update(seq_no, index, change)
@@ -111,12 +116,20 @@ def measure(url: str, sessions: int, ops: int, runs: int, seed: int) -> dict[str
     return results
 
 
+def make_sides(url: str, run: str) -> dict[str, BareRedis | Ours]:
+    return {
+        "bare": BareRedis(url, f"ssbench:bare:{run}"),
+        "ours": Ours(url, f"ssbench:ours:{run}"),
+        "kept": BareRedis(url, f"ssbench:kept:{run}", kept=True),
+    }
+
+
 def server_time(url: str, sessions: int, ops: int, seed: int) -> dict[str, dict[str, float]]:
     """Per workload and side, the server's µs per update, each side alone in alternating blocks."""
     import redis
 
     counter = redis.Redis.from_url(url)
-    sides = {"bare": BareRedis(url, "ssbench:bare:server:"), "ours": Ours(url, "ssbench:ours:server:")}
+    sides = make_sides(url, "server:")
     for side in sides.values():
         side.populate(sessions)
     found: dict[str, dict[str, float]] = {}
@@ -152,7 +165,7 @@ def client_setup() -> str:
     import redis.utils
 
     parser = "hiredis" if getattr(redis.utils, "HIREDIS_AVAILABLE", False) else "redis-py's own parser (no hiredis)"
-    return f"redis-py {redis.__version__}, {parser}, on both sides"
+    return f"redis-py {redis.__version__}, {parser}, on every side"
 
 
 def table(results: dict[str, list[dict[str, float]]], sessions: int) -> str:
@@ -160,15 +173,19 @@ def table(results: dict[str, list[dict[str, float]]], sessions: int) -> str:
         f"Redis on 127.0.0.1, {sessions:,} sessions, {len(results['W1'])} runs of "
         f"{results['W1'][0]['ops']:,} updates per workload; Python {platform.python_version()}, {client_setup()}.",
         "",
-        "| workload | bare GET+SET, updates/s | session() + RedisStorage, updates/s | ratio (median of runs) |",
-        "| --- | --- | --- | --- |",
+        "| workload | bare GET+SET, updates/s | session() + RedisStorage, updates/s | ratio (median of runs) "
+        "| bare GET+SET on one kept connection, updates/s | ours / it |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for workload, rows in results.items():
-        bare = statistics.median(r["ops"] / r["bare_seconds"] for r in rows)
-        ours = statistics.median(r["ops"] / r["ours_seconds"] for r in rows)
+        bare, ours, kept = (
+            statistics.median(r["ops"] / r[f"{k}_seconds"] for r in rows) for k in ("bare", "ours", "kept")
+        )
         ratio = statistics.median(r["bare_seconds"] / r["ours_seconds"] for r in rows)
         lows = min(r["bare_seconds"] / r["ours_seconds"] for r in rows)
-        lines.append(f"| {workload} | {bare:,.0f} | {ours:,.0f} | {ratio:.2f}x (lowest {lows:.2f}x) |")
+        to_kept = statistics.median(r["kept_seconds"] / r["ours_seconds"] for r in rows)
+        cells = [workload, f"{bare:,.0f}", f"{ours:,.0f}", f"{ratio:.2f}x (lowest {lows:.2f}x)", f"{kept:,.0f}"]
+        lines.append("| " + " | ".join(cells) + f" | {to_kept:.2f}x |")
     return "\n".join(lines)
 
 
@@ -180,7 +197,7 @@ def breakdown(results: dict[str, list[dict[str, float]]], server: dict[str, dict
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for workload, rows in results.items():
-        for name, title in (("bare", "bare GET+SET"), ("ours", "session() + RedisStorage")):
+        for name, title in TITLES.items():
             wall = statistics.median(r[f"{name}_seconds"] / r["ops"] for r in rows) * 1e6
             cpu = statistics.median(r[f"{name}_cpu_seconds"] / r["ops"] for r in rows) * 1e6
             on_server = server[workload][name]

@@ -2,13 +2,15 @@
 the client's own pool that stay with the storage between its calls.
 
 redis-py's command path takes a connection from its pool for every call and gives it back
-after, checking it each time (a poll of its socket), counting it for its metrics and sending
-events: on loopback about as much of the client's time as the round trip itself. The calls
-made here keep what that path guarantees that matters for them: each reply is read whole
-before its connection is used again, a connection that failed is closed (and opened again
-by its next call), the client's retry policy, socket timeouts and health checks apply, and a
-forked child never touches its parent's connections. They are made only for a client whose
-pool hands out plain connections (see :func:`wire_for`); any other goes the usual way.
+after, counting it for its metrics and sending events: on loopback about as much of the
+client's CPU as sending the command and reading its reply. The calls made here keep what
+that path guarantees that matters for them: a connection is checked before each use as the
+pool checks the one it hands out (a poll of its socket: one the server closed is opened
+afresh), each reply is read whole before its connection is used again, a connection that
+failed is closed (and opened again by its next call), the client's retry policy, socket
+timeouts and health checks apply, and a forked child never touches its parent's
+connections. They are made only for a client whose pool hands out plain connections (see
+:func:`wire_for`); any other goes the usual way.
 """
 
 from __future__ import annotations

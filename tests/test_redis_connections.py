@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
@@ -43,7 +45,7 @@ def counting_bot(storage: RedisStorage) -> Bot:
     return bot
 
 
-def count(bot: Bot, chat: int, times: int = 1) -> None:
+def count(bot: Bot, chat: int = 1, times: int = 1) -> None:
     for n in range(times):
         bot.handle_update({"update_id": n, "message": {"message_id": n, "chat": {"id": chat}, "text": "/count"}})
 
@@ -154,6 +156,34 @@ def test_threads_share_a_storage_each_with_a_connection_of_its_own_and_no_more(
     assert (storage.read("0"), storage.read("1")) == ({"n": 100}, {"n": 100})
     # One per thread at most, and one more for the lock's renewals if they ever ran.
     assert len([c for c in client.client_list() if c.get("name") == name]) <= len(threads) + 1
+
+
+def test_storages_made_and_dropped_one_after_another_on_one_client_of_yours_keep_one_connection(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    name = f"simplesession-test-{uuid.uuid4().hex[:12]}"
+    yours = redis.Redis.from_url(f"{redis_url}?client_name={name}")
+    for _ in range(10):
+        storage = RedisStorage(yours, prefix=redis_prefix)
+        count(counting_bot(storage))
+        del storage
+        gc.collect()
+    assert RedisStorage(yours, prefix=redis_prefix).read("1") == {"n": 10}
+    # The storages' one and the pool's own, which the read above used.
+    assert len([c for c in client.client_list() if c.get("name") == name]) <= 2
+    yours.close()
+
+
+def test_a_dropped_storage_made_from_a_url_leaves_its_client_and_connections_to_be_freed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    count(counting_bot(storage), 1)
+    pool = weakref.ref(storage.client.connection_pool)
+    del storage
+    for _ in range(3):  # a storage and its locks refer to one another: the collector frees them
+        gc.collect()
+    assert pool() is None
 
 
 def test_a_forked_child_and_its_parent_each_update_on_connections_of_their_own(

@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Wire", "command", "wire_for"]
 
@@ -47,7 +47,8 @@ class Wire:
     A connection goes back to the idle ones after its reply has been read, also when that
     reply is an error; after any other failure it is closed first. At most as many stay
     borrowed as calls ran at once: one per thread that used a storage on this pool at the
-    same time.
+    same time. A wire lives as long as its pool (see :func:`wire_for`), and storages made on
+    the pool later use the same connections.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -110,7 +111,10 @@ def _closer(conn: Any) -> Any:
     return lambda error: conn.disconnect()
 
 
-_wires: weakref.WeakKeyDictionary[Any, Wire] = weakref.WeakKeyDictionary()
+# On the pool itself: its connections may hold it, so a wire kept anywhere else would keep
+# the pool alive for ever; kept on it, the two go together. Held here only for a fork.
+_ATTRIBUTE = "_simplesession_wire"
+_wires: weakref.WeakSet[Wire] = weakref.WeakSet()
 _made = threading.Lock()
 
 
@@ -141,10 +145,12 @@ def wire_for(client: Any) -> Wire | None:
     if pool.connection_class not in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection):
         return None
     with _made:
-        wire = _wires.get(pool)
+        wire = vars(pool).get(_ATTRIBUTE)
         if wire is None:
-            wire = _wires[pool] = Wire(pool)
-    return wire
+            wire = Wire(pool)
+            setattr(pool, _ATTRIBUTE, wire)
+            _wires.add(wire)
+    return cast("Wire", wire)
 
 
 def _after_fork_in_child() -> None:
@@ -152,8 +158,8 @@ def _after_fork_in_child() -> None:
     # itself on first use). Not closed here: shutting a shared socket would cut the parent off.
     global _made
     _made = threading.Lock()  # another thread of the parent may have held it at the fork
-    for wire in list(_wires.values()):
-        wire.idle = deque()
+    for wire in list(_wires):
+        wire.idle.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -144,6 +144,8 @@ def wire_for(client: Any) -> Wire | None:
         return None
     if pool.connection_class not in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection):
         return None
+    if not hasattr(pool, "__dict__"):  # nowhere to keep the wire: the usual way, then
+        return None
     with _made:
         wire = vars(pool).get(_ATTRIBUTE)
         if wire is None:

@@ -270,6 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve({**self._query(), **(params if isinstance(params, dict) else {})})
 
     def do_GET(self) -> None:
+        if self.headers.get("Content-Length"):
+            self.do_POST()  # AsyncTeleBot (aiohttp) sends its parameters as a form body, also with GET
+            return
         self._serve(self._query())
 
     def _query(self) -> dict[str, Any]:

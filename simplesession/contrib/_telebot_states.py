@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
@@ -137,8 +138,9 @@ class StateStorage(_States, _Base):
     ``"state:"``). States are stored by name (a ``State``'s ``.name``); data must be JSON
     data. Every change reads and writes under the key's lock; ``retrieve_data`` holds it
     from the start of its ``with`` block to the end, and writes the data back then, unless
-    the block raised. As telebot's own storages, ``add_data`` without a state raises
-    ``RuntimeError``.
+    the block raised (the thread's other calls on that key go through inside the block; the
+    block's ``data`` is written over the record's at its end). As telebot's own storages,
+    ``add_data`` without a state raises ``RuntimeError``.
     """
 
     def set_state(
@@ -280,14 +282,11 @@ class AsyncStateStorage(_States, _AsyncBase):
 
     As :class:`StateStorage`, for coroutines: each change holds the key with
     :func:`simplesession.aio.lock` (other coroutines of the loop, threads and processes
-    wait) and reads and writes in a worker thread, never on the event loop. A task that
-    holds a key in ``async with bot.retrieve_data(...)`` may change the same key inside the
-    block without waiting for itself.
+    wait) and reads and writes in a worker thread, never on the event loop. Inside
+    ``async with bot.retrieve_data(...)``, which holds the key, the same key's other methods
+    (``set_state``, say) go through without waiting for the block (also from tasks it
+    starts, while it lasts); at its end the block writes its ``data`` over the record's.
     """
-
-    def __init__(self, storage: Storage, *, prefix: str = "state:") -> None:
-        super().__init__(storage, prefix=prefix)
-        self._held: set[tuple[int, str]] = set()  # (task, key): re-entry within retrieve_data
 
     async def set_state(
         self,
@@ -390,17 +389,33 @@ class AsyncStateStorage(_States, _AsyncBase):
 
     @asynccontextmanager
     async def _locked(self, key: str) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        mine = (id(task), key)
-        if task is not None and mine in self._held:
-            yield  # this task holds it already, in a retrieve_data block
+        storage = self.storage
+        if any(hold.active and hold.storage is storage and hold.key == key for hold in _holding.get()):
+            yield  # held already, by the retrieve_data block this runs in
             return
-        async with aio.lock(self.storage, key):
-            self._held.add(mine)
+        async with aio.lock(storage, key):
+            hold = _Hold(storage, key)
+            _holding.set((*_holding.get(), hold))
             try:
                 yield
             finally:
-                self._held.discard(mine)
+                # Tasks started in the block copied the context: the flag tells them it ended.
+                hold.active = False
+                _holding.set(tuple(other for other in _holding.get() if other is not hold))
+
+
+class _Hold:
+    """A key that a retrieve_data block holds, as its context (and its tasks') sees it."""
+
+    __slots__ = ("active", "key", "storage")
+
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.storage = storage
+        self.key = key
+        self.active = True
+
+
+_holding: ContextVar[tuple[_Hold, ...]] = ContextVar("simplesession_telebot_states_held", default=())
 
 
 class _AsyncInteractive:

@@ -7,9 +7,16 @@
     def count(message, session):
         session["count"] += 1
 
+For ``AsyncTeleBot``: ``bot.setup_middleware(AsyncSessionMiddleware(...))``, the same options,
+``async def`` handlers. telebot's states in a simplesession storage:
+``TeleBot(token, state_storage=StateStorage(storage))``, or ``AsyncStateStorage`` for
+``AsyncTeleBot``.
+
 The session core (:mod:`simplesession.session`) does all the work; this module turns
 telebot's ``pre_process``/``post_process`` calls into the core's ``begin``/``end`` and
-makes sure every update ends, even on the paths where telebot skips ``post_process``.
+makes sure every update ends, even on the paths where telebot skips ``post_process``. The
+async middleware and the state storages live in private modules beside it, and are
+imported from here.
 """
 
 from __future__ import annotations

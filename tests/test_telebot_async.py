@@ -560,3 +560,25 @@ def _lines(path: Path) -> list[int]:
     if not path.exists():
         return []
     return [int(line) for line in path.read_text().split("\n")[:-1]]
+
+
+def test_an_update_still_running_when_its_loop_ends_leaves_no_lock() -> None:
+    # asyncio.run cancels what is left when its main coroutine returns: a bot stopped mid-update.
+    storage = Spy()
+    bot = AsyncTeleBot(TOKEN)
+    bot.setup_middleware(AsyncSessionMiddleware(initial=lambda: {"count": 0}, storage=storage))
+    entered = asyncio.Event()
+
+    @bot.message_handler(commands=["hang"])
+    async def hang(message: Message, session: dict[str, int]) -> None:
+        session["count"] = 99
+        entered.set()
+        await asyncio.sleep(DEADLINE)
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(bot.process_new_updates([text_update("/hang")]))
+        await asyncio.wait_for(entered.wait(), DEADLINE)
+
+    asyncio.run(main())
+    assert storage.count("write") == 0
+    assert lock_is_free(storage, "42")

@@ -21,7 +21,6 @@ from telebot.asyncio_handler_backends import BaseMiddleware
 from .. import aio
 from ..session import DEFAULT_SWEEP_INTERVAL
 from ..session import SessionMiddleware as Core
-from ..storage.locks import acting_for
 from ._telebot_common import (
     SESSION,
     SYNC_TELEBOT,
@@ -106,7 +105,7 @@ class AsyncSessionMiddleware(BaseMiddleware):
         self._sessions = aio.Sessions(core)  # refuses lazy sessions, saying why
         self.update_types = list(UPDATE_TYPES)
         self._key = f"simplesession:{id(self):x}"  # no identifier: no handler can name it
-        self._reaping: set[asyncio.Future[Any]] = set()  # strong references, until each is done
+        self._reaping: set[asyncio.Task[None]] = set()  # strong references, until each is done
 
     async def _pre(self, kind: str, obj: Any, data: dict[str, Any]) -> None:
         claim(data, "AsyncSessionMiddleware.multi")
@@ -139,40 +138,16 @@ class AsyncSessionMiddleware(BaseMiddleware):
         if pending.done:
             return
         pending.done = True
-        # Its handler did not run or did not finish: nothing is written. No task here: one
-        # made now could be cancelled before its first step (asyncio.run's shutdown does
-        # that), so the locks go in a worker thread and the loop's queue after them.
+        # Its handler did not run or did not finish: nothing is written, the locks go.
         _log.debug("session %r: its update ended before post_process; nothing written", pending.ctx.session_key)
-        run = pending.run
-        loop = task.get_loop()
+        ending = task.get_loop().create_task(self._sessions.end(pending.run, failed=True))
+        self._reaping.add(ending)
+        ending.add_done_callback(partial(self._reaped, pending))
 
-        def release() -> None:
-            with acting_for(run.holder):
-                self._sessions.middleware.end(run.run, failed=True)
-
-        try:
-            released = loop.run_in_executor(None, release)
-        except RuntimeError:  # the loop's executor is shut down: release here, at once
-            _log.warning("session %r: released on the event loop", pending.ctx.session_key)
-            try:
-                release()
-            finally:
-                self._dequeue(loop, run)
-            return
-        self._reaping.add(released)
-        released.add_done_callback(partial(self._released, loop, pending))
-
-    def _released(self, loop: asyncio.AbstractEventLoop, pending: _Pending, released: asyncio.Future[None]) -> None:
-        self._reaping.discard(released)
-        if not released.cancelled() and released.exception() is not None:
-            _log.error("session %r: could not release its lock", pending.ctx.session_key, exc_info=released.exception())
-        self._dequeue(loop, pending.run)
-
-    def _dequeue(self, loop: asyncio.AbstractEventLoop, run: aio.Run) -> None:
-        # The loop's queue of the update's keys, held since begin.
-        left = loop.create_task(run.queued.__aexit__(None, None, None))
-        self._reaping.add(left)
-        left.add_done_callback(self._reaping.discard)
+    def _reaped(self, pending: _Pending, ending: asyncio.Task[None]) -> None:
+        self._reaping.discard(ending)
+        if not ending.cancelled() and ending.exception() is not None:
+            _log.error("session %r: could not release its lock", pending.ctx.session_key, exc_info=ending.exception())
 
 
 # update_sensitive: telebot awaits pre_process_<kind> and post_process_<kind>.

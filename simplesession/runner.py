@@ -62,9 +62,11 @@ class Window:
     """The updates taken and not yet acknowledged, and which of them may run now.
 
     :param offset: the offset the run starts at (one past the last update taken before).
+    :param stopped: set when the run is to stop: from then on no update after the highest
+        one started is started.
     """
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, stopped: threading.Event) -> None:
         self._changed = threading.Condition(threading.Lock())
         # update id -> finished, in id order (ids are taken in increasing order). The
         # finished prefix is dropped as it forms, so the first entry is never finished.
@@ -74,8 +76,7 @@ class Window:
         self._lanes: dict[Hashable, deque[_Job]] = {}
         self._ready: deque[_Job] = deque()
         self._running: dict[int, _Job] = {}
-        # Once stopping, no update after the highest one started is started.
-        self._stopping = False
+        self._stopped = stopped
         self._highest_started = -1
         self._closed = False
 
@@ -126,12 +127,6 @@ class Window:
         """:func:`len`, for a ``condition`` of :meth:`wait` (the lock is held there)."""
         return len(self._taken)
 
-    def stop(self) -> None:
-        """Start no update after the highest one started (those before it are still handled)."""
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-
     def drained_locked(self) -> bool:
         """Whether every update up to the highest one started has finished (lock held)."""
         return not any(update_id <= self._highest_started for update_id in self._taken)
@@ -165,7 +160,7 @@ class Window:
                 self._changed.wait()
 
     def _startable(self) -> _Job | None:
-        if not self._stopping:
+        if not self._stopped.is_set():
             return self._ready.popleft() if self._ready else None
         for job in self._ready:
             if job.update_id < self._highest_started:
@@ -200,6 +195,11 @@ def _work(bot: Bot, window: Window) -> None:
             return
         try:
             bot._handle_logged(job.update)
+        except BaseException:
+            # SystemExit and the like: in the polling thread they would end start(); here
+            # they would end this thread, and with the last one the handling of updates.
+            _log.exception("handling update %s raised an exit; stopping", job.update_id)
+            bot.stop()
         finally:
             window.finish(job)
 
@@ -216,7 +216,7 @@ def _order_key(bot: Bot, update: dict[str, Any]) -> Hashable | None:
 
 def poll_with_workers(bot: Bot, feed: UpdateFeed) -> None:
     """``bot.start()`` with ``bot.workers`` threads: long polling until stopped."""
-    window = Window(feed.offset)
+    window = Window(feed.offset, bot._stop)
     workers = [
         threading.Thread(target=_work, args=(bot, window), name=f"simplesession-worker-{n}", daemon=True)
         for n in range(bot.workers)
@@ -235,12 +235,14 @@ def poll_with_workers(bot: Bot, feed: UpdateFeed) -> None:
     else:
         bot._log_interrupted()
     finally:
+        drained = False
         try:
-            _finish(bot, window)
+            drained = _finish(bot, window)
         finally:
             window.close()
-            for worker in workers:
-                worker.join(_WORKER_EXIT)
+            if drained:  # else some are still in handlers, and stay there
+                for worker in workers:
+                    worker.join(_WORKER_EXIT)
             bot._busy = False
             offset = window.offset()
             # Updates taken but not handled come again on the next start() of this bot.
@@ -315,15 +317,16 @@ def _sliced_wait(bot: Bot, window: Window, condition: Callable[[], bool], timeou
     return False
 
 
-def _finish(bot: Bot, window: Window) -> None:
-    """Let running handlers, and the updates before them, finish within ``bot.stop_timeout``."""
-    window.stop()
+def _finish(bot: Bot, window: Window) -> bool:
+    """Let running handlers, and the updates before them, finish within ``bot.stop_timeout``;
+    whether they did."""
+    bot._stop.set()
     end = time.monotonic() + bot.stop_timeout
     try:
         while True:
             left = end - time.monotonic()
             if window.wait(window.drained_locked, min(max(left, 0), _WAKE)):
-                return
+                return True
             if left <= 0:
                 break
         why = f"after {bot.stop_timeout:g} s (stop_timeout)"
@@ -337,3 +340,4 @@ def _finish(bot: Bot, window: Window) -> None:
             len(running),
             ", ".join(f"update {u} (key {k!r}, {s:.1f} s)" for u, k, s in running),
         )
+    return False

@@ -72,6 +72,9 @@ class FakeBotAPI:
         self.acknowledged_offset = 0
         # (time.monotonic(), offset) of each getUpdates call.
         self.polls: list[tuple[float, int]] = []
+        # The parameters of each getUpdates call, and the update ids each answer carried.
+        self.poll_params: list[dict[str, Any]] = []
+        self.served: list[list[int]] = []
         self.newest_first = False
         self.repeat = 1
         self.replay = False
@@ -79,6 +82,7 @@ class FakeBotAPI:
         self._pending: list[dict[str, Any]] = []
         self._next_message_id = 1
         self._script: deque[Reply] = deque()
+        self._send_script: deque[Reply] = deque()
         self._changed = threading.Condition()
         self._closed = False
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -174,6 +178,17 @@ class FakeBotAPI:
         with self._changed:
             self._script.extend([reply] * times)
 
+    def fail_sends_next(self, times: int = 1, retry_after: Any = 0.2) -> None:
+        """Refuse the next ``times`` ``sendMessage`` calls with 429, asking to retry after ``retry_after``."""
+        answer = {
+            "ok": False,
+            "error_code": 429,
+            "description": f"Too Many Requests: retry after {retry_after}",
+            "parameters": {"retry_after": retry_after},
+        }
+        with self._changed:
+            self._send_script.extend([Reply.of(answer, 429)] * times)
+
     def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``n`` messages were sent; return them all. Fails after ``timeout``."""
         self.wait_until(lambda: len(self.sent) >= n, timeout, f"{n} sent messages")
@@ -200,6 +215,9 @@ class FakeBotAPI:
         if method == "getUpdates":
             return self._get_updates(params)
         if method == "sendMessage":
+            with self._changed:
+                if self._send_script:
+                    return self._send_script.popleft()
             status, answer = self._send_message(params)
             return Reply.of(answer, status)
         return Reply.of({"ok": False, "error_code": 404, "description": "Not Found"}, 404)
@@ -208,6 +226,7 @@ class FakeBotAPI:
         with self._changed:
             offset = int(params.get("offset", 0))
             self.polls.append((time.monotonic(), offset))
+            self.poll_params.append(dict(params))
             self._changed.notify_all()
             if self._script:
                 return self._script.popleft()
@@ -226,6 +245,7 @@ class FakeBotAPI:
             batch = [update for update in self._pending[:limit] for _ in range(self.repeat)]
             if self.newest_first:
                 batch.reverse()
+            self.served.append([update["update_id"] for update in batch])
             return Reply.of({"ok": True, "result": batch})
 
     def _send_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -268,6 +268,8 @@ class FakeBotAPI:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Room for the connections of many worker threads at once (socketserver's default is 5).
+    request_queue_size = 128
     fake: FakeBotAPI
 
 

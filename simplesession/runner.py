@@ -23,7 +23,7 @@ from .context import Context
 if TYPE_CHECKING:
     from .bot import Bot
 
-__all__ = ["OrderKey", "default_order_key", "poll_with_workers"]
+__all__ = ["OrderKey", "default_order_key"]
 
 _log = logging.getLogger("simplesession.bot")
 
@@ -243,10 +243,10 @@ def poll_with_workers(bot: Bot, feed: UpdateFeed) -> None:
             if drained:  # else some are still in handlers, and stay there
                 for worker in workers:
                     worker.join(_WORKER_EXIT)
-            bot._busy = False
             offset = window.offset()
             # Updates taken but not handled come again on the next start() of this bot.
             feed.release(offset)
+            bot._busy = False
             if offset != acknowledged:
                 bot._acknowledge(offset)
         _log.info("stopped polling")
@@ -300,7 +300,8 @@ def _poll(bot: Bot, feed: UpdateFeed, window: Window, acknowledged: int) -> int:
             continue
         delay = bot.retry_delay
         busy_wait = _FIRST_BUSY_WAIT
-        for update in updates:
+        # A server may answer with more than the limit asked for: the rest comes again.
+        for update in updates[: bot.read_ahead - len(window)]:
             feed.take(update)
             window.add(update, _order_key(bot, update))
     return acknowledged

@@ -246,6 +246,19 @@ def test_polling_pauses_while_the_read_ahead_is_taken_and_no_answer_goes_beyond_
         assert all(max(offset, 1) <= update_id < max(offset, 1) + 10 for update_id in served), (offset, served)
 
 
+def test_an_answer_beyond_the_limit_asked_for_is_taken_only_as_far_as_the_read_ahead(
+    api: FakeBotAPI, run: Callable[[Bot], Started]
+) -> None:
+    flood = [api.push(str(n), chat_id=1 + n % 3) for n in range(30)]
+    api.answer_next({"ok": True, "result": flood})
+    bot = polling_bot(api, workers=2, read_ahead=10)
+    handler = Recorder(bot, 30)
+    assert run(bot).join() is None
+    assert sorted(handler.ids) == list(range(1, 31))
+    # Updates 11 to 30 of the first answer were left to come again.
+    assert 11 in api.served[0]
+
+
 # -- stopping ---------------------------------------------------------------------------------------
 
 

@@ -298,12 +298,14 @@ def test_the_same_bot_started_again_handles_what_it_took_but_did_not_start(
     push_flood(api, chats=2, per_chat=10)
     bot = polling_bot(api, workers=2, read_ahead=20)
     seen: list[int] = []
+    lock = threading.Lock()
 
     @bot.on("message")
     def record(ctx: Context) -> None:
-        seen.append(ctx.update["update_id"])
-        if len(seen) in (3, 20):
-            bot.stop()
+        with lock:
+            seen.append(ctx.update["update_id"])
+            if len(seen) in (3, 20):
+                bot.stop()
 
     assert run(bot).join() is None
     assert 3 <= len(seen) < 20

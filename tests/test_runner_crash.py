@@ -74,9 +74,11 @@ def test_a_runner_killed_mid_flood_loses_nothing_and_its_successor_repeats_only_
     args = (api.url, api.token)
     done: Counter[int] = Counter()
     acknowledged_at_kill = 0
-    # The first runner dies with update STALL in its handler, so no further than the
-    # read-ahead past it; the second at whatever moment it has done 300 updates.
-    kill_after = [STALL + READ_AHEAD // 2, 300]
+    # The first runner dies with update STALL in its handler. It got at least half the
+    # read-ahead past it, as polling pauses only once more than half wait: the 99 before
+    # it, and at least READ_AHEAD // 2 after it, all of other chats, are done. The second
+    # dies at whatever moment it has done 300 updates.
+    kill_after = [STALL - 1 + READ_AHEAD // 2, 300]
     for n, record in enumerate(runs):
         bot = fork_python(RUNNER, *args, str(record), str(READ_AHEAD), str(STALL if n == 0 else 0))
         try:

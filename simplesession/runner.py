@@ -224,8 +224,8 @@ def poll_with_workers(bot: Bot, feed: UpdateFeed) -> None:
     for worker in workers:
         worker.start()
     acknowledged = feed.offset
-    # Ctrl-C may interrupt the poller only in a Bot API call or a back-off wait, where it
-    # holds no lock and changes nothing (see Bot._on_sigint); elsewhere it sets the stop flag.
+    # Ctrl-C may interrupt the poller only in a Bot API call, where it holds no lock and
+    # changes nothing (see Bot._on_sigint); elsewhere it only sets the stop flag.
     bot._busy = True
     try:
         acknowledged = _poll(bot, feed, window, acknowledged)

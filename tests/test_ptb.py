@@ -75,10 +75,14 @@ def build(
 
 
 @asynccontextmanager
-async def running(app: Application[Any, Any, Any, Any, Any, Any]) -> AsyncIterator[None]:
-    """The Application polling, as ``run_polling`` runs it; stopped (and its persistence
-    updated and flushed, by ``stop()``) at the end."""
+async def running(
+    app: Application[Any, Any, Any, Any, Any, Any], initialized: Callable[[], object] | None = None
+) -> AsyncIterator[None]:
+    """The Application polling, as ``run_polling`` runs it (``initialized()`` called once it
+    has loaded its data); stopped, and its persistence updated and flushed, at the end."""
     await app.initialize()
+    if initialized is not None:
+        initialized()
     assert app.updater is not None
     await app.updater.start_polling(poll_interval=0, timeout=1)
     await app.start()

@@ -8,7 +8,7 @@
 python-telegram-bot keeps ``chat_data``, ``user_data``, ``bot_data``, the callback data cache
 and the states of persistent conversations in memory, and hands them to its persistence every
 ``update_interval`` seconds (only those of chats and users that had updates since) and when
-it stops. :class:`SessionPersistence` writes each of them at once, as its own session, under
+it shuts down. :class:`SessionPersistence` writes each of them at once, as its own session, under
 its lock, in a worker thread; at start-up it reads them all back.
 """
 
@@ -79,7 +79,7 @@ class SessionPersistence(BasePersistence[Data, Data, Data]):
       tuple, is stored as a JSON list (its ints stay ints, its strs strs) and comes back a tuple.
 
     Whatever python-telegram-bot hands over (``update_chat_data()`` and the others, which its
-    ``update_persistence`` calls every ``update_interval`` seconds and at ``stop()``) is
+    ``update_persistence`` calls every ``update_interval`` seconds and at ``shutdown()``) is
     written before the call returns, if its JSON differs from what is stored, under the key's
     lock; ``drop_chat_data()``/``drop_user_data()`` delete the key, and an ended conversation
     is deleted too. So a crash loses at most what changed since the last run, never a chat

@@ -1,4 +1,4 @@
-"""Persistence for python-telegram-bot (v21+): each chat's, user's and the bot's data a session of its own.
+"""Persistence for python-telegram-bot (v20+): each chat's, user's and the bot's data a session of its own.
 
     from simplesession import FileStorage
     from simplesession.contrib.ptb import SessionPersistence

@@ -1,8 +1,8 @@
 """python-telegram-bot: SessionPersistence under a real Application, polling a fake Bot API on loopback.
 
 Every Application here runs with python-telegram-bot's own concurrency turned on
-(``concurrent_updates``), on FileStorage and on SQLiteStorage, and is started afresh on a new
-storage object over the same files to stand for a restart.
+(``concurrent_updates``), on FileStorage, SQLiteStorage and RedisStorage, and is started afresh
+on a new storage object over the same store to stand for a restart.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from telegram.ext import (
     filters,
 )
 
-from simplesession import FileStorage, MemoryStorage, SessionDataError, SQLiteStorage, Storage
+from simplesession import FileStorage, MemoryStorage, RedisStorage, SessionDataError, SQLiteStorage, Storage
 from simplesession.contrib.ptb import DEFAULT_UPDATE_INTERVAL, SessionPersistence
 
 Context = ContextTypes.DEFAULT_TYPE
@@ -41,12 +41,15 @@ WAIT = 30.0  # seconds any one wait may take on a busy machine, before the test 
 INTERVAL = 0.05  # update_interval of the Applications here: runs of update_persistence come quickly
 
 
-@pytest.fixture(params=["file", "sqlite"])
+@pytest.fixture(params=["file", "sqlite", "redis"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Storage]:
     """Opens the test's store, a new storage object each time (a restarted bot's)."""
     if request.param == "file":
         return lambda: FileStorage(tmp_path / "sessions")
-    return lambda: SQLiteStorage(tmp_path / "sessions.db")
+    if request.param == "sqlite":
+        return lambda: SQLiteStorage(tmp_path / "sessions.db")
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return lambda: RedisStorage(url, prefix=prefix)
 
 
 @pytest.fixture

@@ -80,11 +80,11 @@ class SessionPersistence(BasePersistence[Data, Data, Data]):
 
     Whatever python-telegram-bot hands over (``update_chat_data()`` and the others, which its
     ``update_persistence`` calls every ``update_interval`` seconds and at ``shutdown()``) is
-    written before the call returns, if its JSON differs from what is stored, under the key's
-    lock; ``drop_chat_data()``/``drop_user_data()`` delete the key, and an ended conversation
-    is deleted too. So a crash loses at most what changed since the last run, never a chat
-    already written, and a deleted chat never comes back. The storage's I/O runs in worker
-    threads (``asyncio.to_thread``), never on the event loop.
+    written before the call returns, if its JSON differs from what this persistence last read
+    or wrote there, under the key's lock; ``drop_chat_data()``/``drop_user_data()`` delete the
+    key, and an ended conversation is deleted too. So a crash loses at most what changed since
+    the last run, never a chat already written, and a deleted chat never comes back. The
+    storage's I/O runs in worker threads (``asyncio.to_thread``), never on the event loop.
 
     The data must be JSON data, as all sessions: ``chat_data``, ``user_data`` and
     ``bot_data`` plain dicts with str keys (the default context types), conversation states
@@ -99,7 +99,8 @@ class SessionPersistence(BasePersistence[Data, Data, Data]):
         ``keys`` and ``lock`` (all of simplesession's storages).
     :param prefix: what every key starts with, so that several bots can share one storage.
     :param store_data: which kinds of data to keep (python-telegram-bot's ``PersistenceInput``).
-    :param update_interval: seconds between two runs of ``update_persistence``.
+    :param update_interval: seconds between two runs of ``update_persistence``: the most
+        changes a crash can lose (default :data:`DEFAULT_UPDATE_INTERVAL`, 1 s).
     """
 
     def __init__(

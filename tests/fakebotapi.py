@@ -21,6 +21,8 @@ __all__ = ["FakeBotAPI", "Reply"]
 # However long a client asks getUpdates to wait, a test never waits longer than this.
 MAX_POLL_WAIT = 5.0
 BOT_USER = {"id": 999, "is_bot": True, "first_name": "Fake", "username": "FakeBot"}
+# Methods whose answer is just ``true``; they change nothing here.
+TRUE_METHODS = frozenset({"deleteWebhook", "setMyCommands", "deleteMyCommands", "close", "logOut"})
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,26 @@ class FakeBotAPI:
             self._changed.notify_all()
             return copy.deepcopy(update)
 
+    def push_command(self, text: str, chat_id: int = 42, *, user_id: int | None = None) -> dict[str, Any]:
+        """Queue a text message to ``chat_id`` as Telegram sends it, with its ``entities``: a
+        command at its start (``/count``, ``/count@FakeBot arg``) is marked as one, which
+        python-telegram-bot's ``CommandHandler`` looks for."""
+        sender = {"id": chat_id if user_id is None else user_id, "is_bot": False, "first_name": "Tester"}
+        message: dict[str, Any] = {
+            "message_id": self.next_update_id,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "group"},
+            "from": sender,
+            "text": text,
+        }
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            # Offsets and lengths count UTF-16 code units, as the Bot API counts them.
+            message["entities"] = [
+                {"type": "bot_command", "offset": 0, "length": len(command.encode("utf-16-le")) // 2}
+            ]
+        return self.push({"message": message})
+
     def fail_next(self, status: int = 500, times: int = 1) -> None:
         """Answer the next ``times`` ``getUpdates`` calls with HTTP ``status``.
 
@@ -220,6 +242,9 @@ class FakeBotAPI:
                     return self._send_script.popleft()
             status, answer = self._send_message(params)
             return Reply.of(answer, status)
+        if method in TRUE_METHODS:
+            # What python-telegram-bot calls when it starts and stops polling.
+            return Reply.of({"ok": True, "result": True})
         return Reply.of({"ok": False, "error_code": 404, "description": "Not Found"}, 404)
 
     def _get_updates(self, params: dict[str, Any]) -> Reply:
@@ -268,7 +293,8 @@ class FakeBotAPI:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    # Room for the connections of many worker threads at once (socketserver's default is 5).
+    # Clients that send concurrently (python-telegram-bot with concurrent updates) open many
+    # connections at once: more than the default backlog of 5, which would refuse some.
     request_queue_size = 128
     fake: FakeBotAPI
 

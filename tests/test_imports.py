@@ -9,7 +9,7 @@ from helpers import run_python
 
 # The transport's modules: what a bot on FileStorage, or a telebot middleware, never needs.
 NETWORK = ("http", "ssl", "_ssl", "email", "urllib.request")
-RUNNER = ("simplesession.bot", "simplesession.botapi")
+RUNNER = ("simplesession.bot", "simplesession.botapi", "simplesession.runner")
 SQLITE = ("sqlite3", "_sqlite3", "simplesession.storage.sqlite")
 
 

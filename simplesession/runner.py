@@ -258,7 +258,9 @@ def _poll(bot: Bot, feed: UpdateFeed, window: Window, acknowledged: int) -> int:
     busy_wait = _FIRST_BUSY_WAIT
     half = bot.read_ahead // 2
     stopped = bot._stop.is_set
+    stuck: set[int] = set()
     while not stopped():
+        _report_stuck(bot, window, stuck)
         # Polling pauses while more than half the window is taken, so that each call
         # brings at least that many new updates (an answer repeats the whole window).
         if not window.wait(lambda: window.size_locked() <= half, _WAKE):
@@ -305,6 +307,25 @@ def _poll(bot: Bot, feed: UpdateFeed, window: Window, acknowledged: int) -> int:
             feed.take(update)
             window.add(update, _order_key(bot, update))
     return acknowledged
+
+
+def _report_stuck(bot: Bot, window: Window, stuck: set[int]) -> None:
+    """Warn once of each handler still running past ``slow_handler``: one that never
+    returns holds back the acknowledgement, and with it, once the read-ahead fills, every chat."""
+    if bot.slow_handler is None:
+        return
+    running = window.running()
+    stuck.intersection_update(update_id for update_id, _, _ in running)
+    for update_id, key, seconds in running:
+        if seconds > bot.slow_handler and update_id not in stuck:
+            stuck.add(update_id)
+            _log.warning(
+                "update %s (key %r) is still running after %.3g s, over slow_handler (%g s)",
+                update_id,
+                key,
+                seconds,
+                bot.slow_handler,
+            )
 
 
 def _sliced_wait(bot: Bot, window: Window, condition: Callable[[], bool], timeout: float) -> bool:

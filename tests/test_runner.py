@@ -364,10 +364,41 @@ def test_a_slow_handler_is_logged_with_its_update_and_chat(
             bot.stop()
 
     assert run(bot).join() is None
-    slow = [w for w in log_lines(caplog, logging.WARNING) if "slow_handler" in w]
+    slow = [w for w in log_lines(caplog, logging.WARNING) if "slow_handler" in w and " took " in w]
     assert len(slow) == 1
     assert slow[0].startswith("update 1 (chat 5) took ")
     assert slow[0].endswith("over slow_handler (0.05 s)")
+
+
+def test_a_handler_that_does_not_return_is_reported_while_it_runs(
+    api: FakeBotAPI, run: Callable[[Bot], Started], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With workers, the poller warns of a stuck handler before it ends (once), naming its update and chat."""
+    api.push("stuck", chat_id=5)
+    api.push("other", chat_id=6)
+    bot = polling_bot(api, workers=2, slow_handler=0.05)
+    release = threading.Event()
+
+    @bot.on("message")
+    def handler(ctx: Context) -> None:
+        if ctx.text == "stuck":
+            release.wait(JOIN_TIMEOUT)
+
+    started = run(bot)
+    try:
+        wait_for(
+            lambda: any("still running" in w for w in log_lines(caplog, logging.WARNING)),
+            "a warning about the stuck handler",
+        )
+        time.sleep(0.3)  # several more polls: still one warning
+    finally:
+        release.set()
+        bot.stop()
+    assert started.join() is None
+    stuck = [w for w in log_lines(caplog, logging.WARNING) if "still running" in w]
+    assert len(stuck) == 1
+    assert stuck[0].startswith("update 1 (key 5) is still running after ")
+    assert stuck[0].endswith("over slow_handler (0.05 s)")
 
 
 def test_no_slow_handler_warning_under_the_threshold_or_when_off(

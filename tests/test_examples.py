@@ -197,3 +197,65 @@ def test_telebot_states_example_goes_on_with_a_conversation_after_a_restart(app_
         stderr
     )
     assert list(storage.keys()) == []  # the conversation is over: its record is gone
+
+
+def test_ptb_counter_counts_on_a_bot_api_server_and_keeps_counting_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("telegram")
+    # Its sessions go to its own app's folder, apart from the other examples'.
+    monkeypatch.delenv("SIMPLESESSION_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    storage = FileStorage(app_name="ptb_counter")
+    with FakeBotAPI() as api:
+        env = {**os.environ, "BOT_TOKEN": api.token, "TELEGRAM_API_URL": api.url}
+
+        def run(*commands: str) -> None:
+            # One command at a time, each answered; then SIGTERM, on which run_polling stops
+            # and writes what changed since its last run of update_persistence.
+            bot = subprocess.Popen(
+                [sys.executable, str(EXAMPLES / "ptb_counter.py")],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                for command in commands:
+                    answered = len(api.sent)
+                    api.push_command(command)
+                    api.wait_for_sent(answered + 1, timeout=60)
+            finally:
+                bot.terminate()
+                _, stderr = bot.communicate(timeout=60)
+            assert bot.returncode == 0, stderr
+
+        run("/count", "/count")
+        assert storage.read("ptb:chat:42") == {"count": 2}
+        run("/count", "/forget")
+        assert storage.read("ptb:chat:42") is None
+        run("/count")
+    assert [message["text"] for message in api.sent] == [
+        "You have sent 1 commands",
+        "You have sent 2 commands",
+        "You have sent 3 commands",
+        "Forgotten",
+        "You have sent 1 commands",
+    ]
+    assert storage.read("ptb:chat:42") == {"count": 1}
+    assert storage.directory == tmp_path / "ptb_counter" / "sessions"
+
+
+def test_ptb_counter_without_a_token_says_what_it_needs() -> None:
+    pytest.importorskip("telegram")
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ptb_counter.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "set BOT_TOKEN to your bot's token (from @BotFather)"

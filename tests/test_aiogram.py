@@ -23,7 +23,7 @@ from conftest import make_storage
 from fakebotapi import FakeBotAPI
 from helpers import fork_python
 
-from simplesession import FileStorage, MemoryStorage, SessionKeyError
+from simplesession import FileStorage, MemoryStorage, SessionKeyError, open_storage
 from simplesession.contrib.aiogram import AiogramContext, SessionMiddleware
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -335,7 +335,7 @@ POLLING_BOT = """
     @dp.message()
     async def count(message, session):
         session["n"] += 1
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)  # so that the kill comes mid-run
 
     asyncio.run(dp.start_polling(Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(url)))))
 """
@@ -353,14 +353,13 @@ def test_a_bot_killed_mid_run_loses_no_finished_update(kind: str, tmp_path: Path
     finally:
         bot.send_signal(signal.SIGKILL)
         _, stderr = bot.communicate(timeout=TIMEOUT)
+    # Each "done n" was sent once update n was written back; they may arrive out of order.
     done = [int(sent["text"].split()[1]) for sent in api.sent]
-    assert done == list(range(1, len(done) + 1)), stderr
-    from simplesession import open_storage
-
+    assert len(set(done)) == len(done) >= 20, stderr
     with open_storage(store) as storage:
         stored = storage.read("42")
     assert stored is not None
-    assert len(done) <= stored["n"] < 300  # every finished update is there; the kill came mid-run
+    assert max(done) <= stored["n"] < 300  # every finished update is there; the kill came mid-run
 
 
 # -- the example ---------------------------------------------------------------------------------

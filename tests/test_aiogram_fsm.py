@@ -26,7 +26,7 @@ from test_aiogram import aiogram_forks, bot_for, forked, message  # noqa: F401 (
 from simplesession import FileStorage, MemoryStorage, SessionDataError, SessionError, Storage, open_storage
 from simplesession.contrib.aiogram import SessionIsolation, SessionMiddleware, SessionStorage, fsm_key
 
-KINDS = ["memory", "file", "sqlite"]
+KINDS = ["memory", "file", "sqlite", "redis", "postgres"]
 BOT_ID = 123456  # the fake server's token names this bot
 TIMEOUT = 60.0
 
@@ -192,7 +192,9 @@ def test_a_conversation_goes_on_after_a_restart(
         await dp.emit_shutdown(bot=bot)  # as a stopping bot does: closes the FSM storage
 
     async def after(bot: Bot) -> None:
-        dp = dispatcher(storage if kind == "memory" else make_storage(kind, tmp_path / "fsm", request))
+        # A new storage object on the same place (the memory's is its object; each postgres one gets a table).
+        same_place = kind in ("memory", "postgres")
+        dp = dispatcher(storage if same_place else make_storage(kind, tmp_path / "fsm", request))
         await dp.feed_raw_update(bot, message(3, "30"))
 
     async def with_bot(part: Any) -> None:

@@ -289,6 +289,24 @@ def test_keys_of_your_own_and_multi_sessions_see_the_update_as_the_bot_api_sends
     run(main, api)
 
 
+def test_on_a_routers_message_observer_it_keys_by_the_update_all_the_same(api: FakeBotAPI) -> None:
+    storage = MemoryStorage()
+
+    async def main(bot: Bot) -> None:
+        dp = Dispatcher()
+        dp.message.outer_middleware(SessionMiddleware(initial=lambda: {"n": 0}, storage=storage))
+
+        @dp.message()
+        async def count(message: Message, session: dict[str, int], session_context: AiogramContext) -> None:
+            assert session_context.event.message is message
+            session["n"] += 1
+
+        await feed(dp, bot, message(1, "x"), message(2, "y"))
+
+    run(main, api)
+    assert storage.read("42") == {"n": 2}
+
+
 def test_lazy_sessions_and_two_middlewares_are_refused_with_the_reason(api: FakeBotAPI) -> None:
     with pytest.raises(ValueError, match=r"lazy sessions .* would read on the event loop"):
         SessionMiddleware(lazy=True, storage=MemoryStorage())

@@ -125,3 +125,29 @@ def test_the_ptb_module_without_python_telegram_bot_says_what_to_install() -> No
     assert done.returncode == 0, done.stderr
     assert "pip install 'simplesession[ptb]'" in done.stdout
     assert "pip install -e '.[ptb]'" in done.stdout
+
+
+def test_simplesession_and_its_aio_module_never_import_aiogram() -> None:
+    modules = loaded_by(
+        """
+        import simplesession, simplesession.aio, simplesession.contrib
+        from simplesession import FileStorage, MemoryStorage, session
+        """
+    )
+    assert "simplesession.aio" in modules
+    assert among(modules, ("aiogram", "aiohttp", "pydantic")) == []
+
+
+def test_the_aiogram_integration_without_aiogram_says_how_to_install_it() -> None:
+    done = run_python(
+        """
+        import sys
+        sys.modules["aiogram"] = None  # as if aiogram were not installed
+        try:
+            import simplesession.contrib.aiogram
+        except ImportError as error:
+            print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'simplesession[aiogram]'" in done.stdout

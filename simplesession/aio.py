@@ -17,7 +17,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .context import Context
 from .errors import LockTimeout
@@ -33,28 +33,41 @@ _T = TypeVar("_T")
 
 
 class _Queue:
-    """The coroutines of one loop that hold or wait for one lock name."""
+    """The coroutines of one loop that hold or wait for one lock name, and which task holds it."""
 
-    __slots__ = ("lock", "users")
+    __slots__ = ("depth", "lock", "owner", "users")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
-        self.users = 0
+        self.users = 0  # holders and waiters: the queue is dropped when the last one leaves
+        self.owner: Holder | None = None
+        self.depth = 0
 
 
 # Per loop: an asyncio.Lock belongs to the loop it first waited on.
 _queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Queue]] = weakref.WeakKeyDictionary()
+# A task's locks are its own, whichever worker threads take them, as a thread's are.
+_holders: weakref.WeakKeyDictionary[asyncio.Task[Any], Holder] = weakref.WeakKeyDictionary()
 
 
 def _holder() -> Holder:
+    """The running task's holder."""
     task = asyncio.current_task()
-    return Holder(f"task {task.get_name()}" if task is not None else "coroutine")
+    if task is None:  # a coroutine driven by hand: a holder of its own each time
+        return Holder("coroutine")
+    holder = _holders.get(task)
+    if holder is None:
+        holder = _holders[task] = Holder(f"task {task.get_name()}")
+    return holder
 
 
 @asynccontextmanager
-async def _queued(names: list[str], keys: list[str], timeout: float | None) -> AsyncIterator[float | None]:
+async def _queued(
+    names: list[str], keys: list[str], timeout: float | None, holder: Holder
+) -> AsyncIterator[float | None]:
     """Hold this loop's queues of ``names`` (in the order given, the locks' global order) for
-    the sessions ``keys``; yields the seconds left of ``timeout`` for the storage's locks."""
+    ``holder`` and its sessions ``keys``; yields the seconds left of ``timeout`` for the
+    storage's locks. A queue the holder holds already is only counted again."""
     loop = asyncio.get_running_loop()
     queues = _queues.get(loop)
     if queues is None:
@@ -70,24 +83,32 @@ async def _queued(names: list[str], keys: list[str], timeout: float | None) -> A
     taken: list[_Queue] = []
     try:
         for _, queue in joined:
-            if deadline is None or not queue.lock.locked():
-                await queue.lock.acquire()
-            else:
-                try:
-                    await asyncio.wait_for(queue.lock.acquire(), max(deadline - loop.time(), 0.0))
-                except asyncio.TimeoutError:
-                    what = f"session {keys[0]!r} is" if len(keys) == 1 else f"sessions {keys!r} are"
-                    raise LockTimeout(
-                        f"{what} still locked by another update of this event loop after {timeout} s; "
-                        "a handler is running long or is stuck: find it, or raise lock_timeout",
-                        key=keys[0] if len(keys) == 1 else None,
-                        timeout=timeout,
-                    ) from None
+            if queue.owner is not holder:
+                # With others holding or waiting (a waiter just woken holds nothing yet),
+                # the wait is bounded; alone, the lock is free and taken at once.
+                if deadline is None or queue.users == 1:
+                    await queue.lock.acquire()
+                else:
+                    try:
+                        await asyncio.wait_for(queue.lock.acquire(), max(deadline - loop.time(), 0.0))
+                    except asyncio.TimeoutError:
+                        what = f"session {keys[0]!r} is" if len(keys) == 1 else f"sessions {keys!r} are"
+                        raise LockTimeout(
+                            f"{what} still locked by another update of this event loop after {timeout} s; "
+                            "a handler is running long or is stuck: find it, or raise lock_timeout",
+                            key=keys[0] if len(keys) == 1 else None,
+                            timeout=timeout,
+                        ) from None
+                queue.owner = holder
+            queue.depth += 1
             taken.append(queue)
         yield None if deadline is None else max(deadline - loop.time(), 0.0)
     finally:
         for queue in reversed(taken):
-            queue.lock.release()
+            queue.depth -= 1
+            if queue.depth == 0:
+                queue.owner = None
+                queue.lock.release()
         for name, queue in joined:
             queue.users -= 1
             if queue.users == 0:
@@ -142,13 +163,14 @@ async def lock(
     worker thread, so the event loop keeps running. Read and write inside it as usual
     (``await asyncio.to_thread(storage.write, key, value)`` keeps file I/O off the loop too).
     Raises :class:`~simplesession.LockTimeout` after ``timeout`` seconds in all (default
-    the storage's ``lock_timeout``). Not re-entrant: a coroutine that enters the same key
-    again waits for itself until the timeout.
+    the storage's ``lock_timeout``). The lock belongs to the running task, which may enter
+    it again, or another key's lock that shares its lock file (that only counts), as a
+    thread may with :meth:`Storage.lock`; a task it starts is another holder.
     """
     wait = storage.lock_timeout if timeout is _Default.TIMEOUT else check_lock_timeout(timeout)
     holder = _holder()
     held = storage.lock(key, timeout=wait, holder=holder)  # checks the key
-    async with _queued([held.name], [key], wait) as left:
+    async with _queued([held.name], [key], wait, holder) as left:
         held.timeout = left
         await _off_loop(holder, held.__enter__, lambda _: held.__exit__(None, None, None))
         try:
@@ -213,7 +235,7 @@ class Sessions:
         names, keys = lock_names(prepared)
         holder = _holder()
         # The loop's queues are held until end().
-        queued = _queued(names, keys, self._timeout)
+        queued = _queued(names, keys, self._timeout, holder)
         await queued.__aenter__()
         try:
             await _off_loop(holder, lambda: middleware.load(prepared), lambda _: prepared.finish(failed=True))

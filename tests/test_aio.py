@@ -264,6 +264,55 @@ def test_lock_timeout_covers_the_wait_on_the_loop() -> None:
     asyncio.run(main())
 
 
+def test_a_task_may_enter_its_lock_again_and_other_keys_of_the_same_lock_file(tmp_path: Path) -> None:
+    """Re-entry belongs to the task, as it belongs to the thread for storage.lock: nested
+    locks of one key, or of two keys on one lock file, never wait for themselves."""
+    storage = FileStorage(tmp_path, lock_timeout=2)
+    same_file = next(k for k in (f"k{i}" for i in range(100_000)) if storage.lock_name(k) == storage.lock_name("a"))
+
+    async def main() -> None:
+        async with lock(storage, "a"), lock(storage, same_file), lock(storage, "a"):
+            other = asyncio.create_task(_increment(storage, "a"))  # another task: it waits
+            await asyncio.sleep(0.1)
+            assert not other.done()
+        await asyncio.wait_for(other, 10)
+
+    asyncio.run(main())
+    assert storage.read("a") == {"n": 1}
+
+
+def test_a_waiter_behind_a_woken_one_still_times_out() -> None:
+    """Taking the key again just after giving it up, while a waiter woken for it has not run
+    yet: the wait is still bounded by the timeout."""
+    storage = MemoryStorage(lock_timeout=0.3)
+
+    async def main() -> str:
+        release = asyncio.Event()
+
+        async def first() -> str:
+            async with lock(storage, "k"):
+                await asyncio.sleep(0.1)  # second() queues meanwhile
+            try:
+                async with lock(storage, "k"):  # at once: second() is woken but has not run
+                    return "got it"
+            except LockTimeout:
+                return "LockTimeout"
+
+        async def second() -> None:
+            await asyncio.sleep(0.05)
+            async with lock(storage, "k"):
+                await release.wait()  # a stuck handler
+
+        stuck = asyncio.create_task(second())
+        try:
+            return await asyncio.wait_for(first(), 5)
+        finally:
+            release.set()
+            await stuck
+
+    assert asyncio.run(main()) == "LockTimeout"
+
+
 def test_a_bad_key_is_refused_before_any_wait() -> None:
     async def main() -> None:
         with pytest.raises(ValueError, match="key"):

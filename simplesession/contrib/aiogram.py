@@ -42,7 +42,6 @@ except ImportError as exc:  # only this module needs aiogram, an optional extra
 
 from .. import aio
 from ..context import Context
-from ..errors import SessionError
 from ..session import DEFAULT_SWEEP_INTERVAL, lock_names, multi_session, session
 from ..session import SessionMiddleware as _Core
 from ..storage.base import Storage
@@ -361,8 +360,6 @@ class SessionMiddleware(BaseMiddleware):
                 "and SessionMiddleware.multi(name={...}, ...) for several sessions per update"
             )
         ctx = AiogramContext(update)
-        if _holds.get():
-            self._refuse_held_locks(ctx)
         run = await self._sessions.begin(ctx)
         try:
             with _holding(lock_names(run.run)[0]):
@@ -375,20 +372,6 @@ class SessionMiddleware(BaseMiddleware):
             raise
         await self._sessions.end(run, failed=False)
         return result
-
-    def _refuse_held_locks(self, ctx: Context) -> None:
-        # Taking a lock this task holds already (the FSM isolation's, which is the same lock
-        # where the storage keeps several keys per lock file) would wait for itself until
-        # lock_timeout, on every update of this chat: refuse at once, saying what to do.
-        for fragment in self._core.fragments:
-            key, _ = fragment.key_for(ctx)
-            if key is not None and _held(fragment.storage.lock_name(key)) is not None:
-                raise SessionError(
-                    f"the session {key!r} has the same lock as this update's FSM record in {fragment.storage!r} "
-                    "(it keeps many keys per lock file), which SessionIsolation holds already: give "
-                    "SessionStorage and SessionIsolation a storage of their own, e.g. "
-                    "FileStorage(app_name='mybot-fsm')"
-                )
 
 
 class _NoSession(MutableMapping[str, Any]):

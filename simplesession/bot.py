@@ -11,13 +11,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from types import FrameType
 from typing import Any, TextIO, TypeVar
 
 from .botapi import TOKEN_REFUSED, BotAPI, CallFailed, UpdateFeed
 from .context import Context
 from .errors import SessionError
+from .runner import OrderKey, default_order_key, poll_with_workers
 
 __all__ = ["Bot", "Handler", "Middleware"]
 
@@ -37,6 +38,9 @@ _COMMAND_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
 _POLL_MARGIN = 10.0
 _ACK_TIMEOUT = 10.0
 _CALL_TIMEOUT = 30.0
+# A call the server refused with 429 (Too Many Requests) was not carried out, so it is
+# safe to make again: this many times, after the wait the server asks for.
+_FLOOD_RETRIES = 3
 
 
 class Bot:
@@ -51,6 +55,18 @@ class Bot:
         row, up to ``max_retry_delay``.
     :param max_server_wait: the longest wait a server's ``retry_after`` gets; a shorter
         one than the current back-off delay gets that delay.
+    :param workers: threads handling updates. With 1 (the default) the polling thread
+        handles each update itself, one after another; with more, updates with different
+        ordering keys run at the same time, and those with the same key one after another
+        in id order.
+    :param order_key: ``order_key(ctx)`` gives the ordering key of an update (any hashable
+        value; ``None``: no order at all). Default: the chat id, else the user id.
+    :param read_ahead: with ``workers`` > 1, the most updates taken from the server and
+        not yet acknowledged (1 to 100): what a crash may bring back, and what waits in memory.
+    :param slow_handler: seconds after which an update counts as slow: logged at WARNING
+        with its id and chat when it finishes; ``None``: never.
+    :param stop_timeout: with ``workers`` > 1, how long :meth:`stop` (or Ctrl-C) waits for
+        running handlers before :meth:`start` returns anyway, logging them.
     :param console_chat_id: the chat (and user) id of console messages.
     :param input: where console lines come from (default ``sys.stdin``).
     :param output: where console replies go (default ``sys.stdout``).
@@ -65,6 +81,11 @@ class Bot:
         retry_delay: float = 1.0,
         max_retry_delay: float = 30.0,
         max_server_wait: float = 300.0,
+        workers: int = 1,
+        order_key: OrderKey | None = None,
+        read_ahead: int = 100,
+        slow_handler: float | None = 10.0,
+        stop_timeout: float = 30.0,
         console_chat_id: int = 1,
         input: TextIO | None = None,
         output: TextIO | None = None,
@@ -76,11 +97,20 @@ class Bot:
             ("retry_delay", retry_delay),
             ("max_retry_delay", max_retry_delay),
             ("max_server_wait", max_server_wait),
+            ("stop_timeout", stop_timeout),
+            *([("slow_handler", slow_handler)] if slow_handler is not None else []),
         ]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
-        if poll_timeout < 0:
-            raise ValueError(f"poll_timeout must be >= 0 seconds, not {poll_timeout!r}")
+        if poll_timeout < 0 or stop_timeout < 0:
+            raise ValueError(
+                f"poll_timeout and stop_timeout must be >= 0 seconds, not {poll_timeout!r}, {stop_timeout!r}"
+            )
+        for name, count, most in [("workers", workers, 1000), ("read_ahead", read_ahead, 100)]:
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+                raise ValueError(f"{name} must be a whole number from 1 to {most}, not {count!r}")
+        if order_key is not None and not callable(order_key):
+            raise TypeError(f"order_key is a function order_key(ctx), not {type(order_key).__name__}")
         if not 0 < retry_delay <= max_retry_delay <= max_server_wait:
             raise ValueError(
                 "need 0 < retry_delay <= max_retry_delay <= max_server_wait, not "
@@ -92,6 +122,11 @@ class Bot:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_server_wait = max_server_wait
+        self.workers = workers
+        self.order_key: Callable[[Context], Hashable | None] = order_key or default_order_key
+        self.read_ahead = read_ahead
+        self.slow_handler = slow_handler
+        self.stop_timeout = stop_timeout
         self.console_chat_id = console_chat_id
         self._input = input
         self._output = output
@@ -201,10 +236,20 @@ class Bot:
                 return
 
     def _handle_logged(self, update: dict[str, Any]) -> None:
+        started = time.monotonic()
         try:
             self.handle_update(update)
         except Exception:
             _log.exception("handling update %s failed; going on with the next one", update.get("update_id"))
+        took = time.monotonic() - started
+        if self.slow_handler is not None and took > self.slow_handler:
+            _log.warning(
+                "update %s (chat %s) took %.3g s to handle, over slow_handler (%g s)",
+                update.get("update_id"),
+                Context(update).chat_id,
+                took,
+                self.slow_handler,
+            )
 
     # -- talking -----------------------------------------------------------------------
 
@@ -224,18 +269,26 @@ class Bot:
     def call_api(self, method: str, **params: Any) -> Any:
         """Call any Bot API method, such as ``answerCallbackQuery``, and return its result.
 
+        A call refused with 429 (Too Many Requests) is made again after the wait the server
+        asks for, kept between ``retry_delay`` and ``max_server_wait``, up to 3 times.
         Raises :class:`SessionError` when the call fails, or on the console.
         """
         if self.token is None:
             raise SessionError(f"cannot call {method}: this bot has no token, so it only talks on the console")
         api = self._api()
-        try:
-            return api.call(method, params, _CALL_TIMEOUT)
-        except CallFailed as error:
-            # Only 401: a 404 here may as well be a misspelt method.
-            if error.code == 401:
-                raise api.token_refused(error) from None
-            raise SessionError(f"{method} failed: {error}") from error
+        delay = self.retry_delay
+        for retry in range(_FLOOD_RETRIES + 1):
+            try:
+                return api.call(method, params, _CALL_TIMEOUT)
+            except CallFailed as error:
+                # Only 401: a 404 here may as well be a misspelt method.
+                if error.code == 401:
+                    raise api.token_refused(error) from None
+                if error.code != 429 or retry == _FLOOD_RETRIES:
+                    raise SessionError(f"{method} failed: {error}") from error
+                time.sleep(self._wait_after(method, error, delay))
+                delay = min(delay * 2, self.max_retry_delay)
+        raise AssertionError("unreachable")
 
     def _api(self) -> BotAPI:
         # Made for each call, as token and api_url are public attributes and each call
@@ -253,7 +306,9 @@ class Bot:
         errors with back-off; it raises :class:`SessionError` if the token is refused.
         A handler's exception is logged and the next update handled. Ctrl-C while an
         update is handled lets that update finish, then stops; a second Ctrl-C
-        interrupts it.
+        interrupts it. With ``workers`` > 1, stopping fetches nothing more, lets the
+        running handlers (and the updates before them) finish within ``stop_timeout``,
+        acknowledges what was handled, and returns; a second Ctrl-C stops the waiting.
         """
         if not self._running.acquire(blocking=False):
             raise RuntimeError("this bot is already running")
@@ -269,12 +324,15 @@ class Bot:
             self._running.release()
 
     def stop(self) -> None:
-        """Make a running :meth:`start` return after the current update (or poll). Thread-safe."""
+        """Make a running :meth:`start` return after the current updates (or poll). Thread-safe."""
         self._stop.set()
 
     def _run_polling(self) -> None:
         _log.info("polling %s for updates", self.api_url)
         feed = self._update_feed()
+        if self.workers > 1:
+            poll_with_workers(self, feed)
+            return
         acknowledged = feed.offset
         delay = self.retry_delay
         try:
@@ -285,7 +343,7 @@ class Bot:
                 except CallFailed as error:
                     if error.code in TOKEN_REFUSED:
                         raise self._api().token_refused(error) from None
-                    self._stop.wait(self._wait_after(error, delay))
+                    self._stop.wait(self._wait_after("getUpdates", error, delay))
                     delay = min(delay * 2, self.max_retry_delay)
                     continue
                 acknowledged = asked
@@ -319,13 +377,16 @@ class Bot:
         else:
             self._log_interrupted()
         if feed.offset != acknowledged:
-            # The server forgets updates only when asked for later ones; ask once more so
-            # that a restart does not handle these again.
-            try:
-                self._api().call("getUpdates", {"offset": feed.offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
-            except CallFailed as error:
-                _log.warning("could not acknowledge the handled updates (%s); they may come again", error)
+            self._acknowledge(feed.offset)
         _log.info("stopped polling")
+
+    def _acknowledge(self, offset: int) -> None:
+        # The server forgets updates only when asked for later ones; ask once more so
+        # that a restart does not handle these again.
+        try:
+            self._api().call("getUpdates", {"offset": offset, "timeout": 0, "limit": 1}, _ACK_TIMEOUT)
+        except CallFailed as error:
+            _log.warning("could not acknowledge the handled updates (%s); they may come again", error)
 
     def _update_feed(self) -> UpdateFeed:
         source = (self.token or "", self.api_url)
@@ -333,27 +394,31 @@ class Bot:
             self._feed = (source, UpdateFeed())
         return self._feed[1]
 
-    def _get_updates(self, offset: int) -> Any:
-        timeout = self.poll_timeout
+    def _get_updates(self, offset: int, timeout: float | None = None, limit: int | None = None) -> Any:
+        timeout = self.poll_timeout if timeout is None else timeout
         # The Bot API takes whole seconds; send 30, not 30.0.
         wire_timeout = int(timeout) if float(timeout).is_integer() else timeout
-        return self._api().call("getUpdates", {"offset": offset, "timeout": wire_timeout}, timeout + _POLL_MARGIN)
+        params: dict[str, Any] = {"offset": offset, "timeout": wire_timeout}
+        if limit is not None:
+            params["limit"] = limit
+        return self._api().call("getUpdates", params, timeout + _POLL_MARGIN)
 
-    def _wait_after(self, error: CallFailed, delay: float) -> float:
-        """How long to wait after a failed poll: the back-off ``delay``, or what the server
+    def _wait_after(self, method: str, error: CallFailed, delay: float) -> float:
+        """How long to wait after a failed call: the back-off ``delay``, or what the server
         asked for, kept between ``delay`` and ``max_server_wait``."""
         asked = error.retry_after
         if asked is None:
-            _log.warning("getUpdates failed (%s); retrying in %g s", error, delay)
+            _log.warning("%s failed (%s); retrying in %g s", method, error, delay)
             return delay
         # NaN compares false to everything: it gets the back-off delay.
         wait = min(asked, self.max_server_wait) if asked >= delay else delay
         if wait == asked:
-            _log.warning("getUpdates failed (%s); retrying in %g s", error, wait)
+            _log.warning("%s failed (%s); retrying in %g s", method, error, wait)
         else:
             _log.warning(
-                "getUpdates failed (%s); retrying in %g s, not the %g s the server asked for: "
+                "%s failed (%s); retrying in %g s, not the %g s the server asked for: "
                 "waits are kept between the back-off delay and max_server_wait (%g s)",
+                method,
                 error,
                 wait,
                 asked,

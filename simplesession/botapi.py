@@ -117,7 +117,8 @@ class UpdateFeed:
     """What a runner takes from ``getUpdates`` answers: each update id at most once.
 
     :attr:`offset` is one past the highest update id taken, the offset to ask for next;
-    it never goes down. A server may serve updates in any order, again, or malformed:
+    it never goes down, but by :meth:`release` of updates taken and never handled. A
+    server may serve updates in any order, again, or malformed:
     :meth:`fresh` keeps only well-formed updates not taken yet, in id order.
     """
 
@@ -158,6 +159,14 @@ class UpdateFeed:
     def take(self, update: dict[str, Any]) -> None:
         """Count ``update`` (one :meth:`fresh` gave) as taken: the offset moves past it."""
         self.offset = max(self.offset, int(update["update_id"]) + 1)
+
+    def release(self, offset: int) -> None:
+        """Count the updates from ``offset`` on as not taken: none of them was handled.
+
+        A runner that stops with updates it took but did not start gives them back, so
+        that it takes them again when it starts again.
+        """
+        self.offset = min(self.offset, offset)
 
 
 # -- one deadline for the whole call -----------------------------------------------------

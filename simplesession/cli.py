@@ -399,7 +399,8 @@ def _where_options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--prefix",
         metavar="PREFIX",
         default=default,
-        help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:)",
+        help="with --redis: the prefix of the RedisStorage's keys (default: simplesession:; "
+        "a store's URL may say it too, as ?prefix=PREFIX)",
     )
 
 
@@ -426,7 +427,9 @@ def _storage(args: argparse.Namespace, url: str | None = None, *, ttl: float | N
         # Every command reads each session once at most: no cache.
         options.update(cache_size=0, trust_folder=args.trust_folder)
     elif kind == "redis":
-        options.update(prefix="simplesession:" if args.prefix is None else args.prefix, ttl=ttl)
+        options.update(ttl=ttl)
+        if args.prefix is not None:  # else the URL's ?prefix=, or RedisStorage's default
+            options.update(prefix=args.prefix)
     try:
         return open_storage(url, **options)
     except ImportError as error:

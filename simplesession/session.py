@@ -230,6 +230,14 @@ AnyRun: TypeAlias = "_Run | _Slot"
 """What :meth:`SessionMiddleware.begin` returns for :meth:`SessionMiddleware.end`."""
 
 
+def lock_names(run: AnyRun) -> tuple[list[str], list[str]]:
+    """The names of the locks ``run`` takes when it loads, in the order it takes them, and
+    the keys of its sessions."""
+    slots = run.slots.values() if isinstance(run, _Run) else (run,)
+    keyed = [(slot.fragment.storage, slot.key) for slot in slots if slot.key is not None]
+    return sorted({storage.lock_name(key) for storage, key in keyed}), [key for _, key in keyed]
+
+
 class MultiSession:
     """``ctx.session`` of a multi session: one attribute per fragment.
 
@@ -348,21 +356,32 @@ class SessionMiddleware:
 
     def begin(self, ctx: Context) -> AnyRun:
         """Install ``ctx.session``; load it now unless lazy (then on first touch)."""
-        run: AnyRun
-        if self.multi:
-            # Every key first: a get_session_key that raises leaves no half-built run behind.
-            keys = [(fragment, *fragment.key_for(ctx)) for fragment in self.fragments]
-            run = _Run()
-            for fragment, key, why in keys:
-                run.slots[fragment.name] = _Slot(run, fragment, key, why)
-            ctx._session = _MultiHolder(run.slots)
-            slots: Iterable[_Slot] = run.slots.values()
-        else:
+        run = self.prepare(ctx)
+        self.load(run)
+        return run
+
+    def prepare(self, ctx: Context) -> AnyRun:
+        """Install ``ctx.session`` without reading anything: :meth:`load` reads it.
+
+        An async integration calls it on the event loop, to learn the run's locks
+        (:func:`lock_names`) before it hands the loading to a worker thread.
+        """
+        if not self.multi:
             fragment = self.fragments[0]
             key, why = fragment.key_for(ctx)
-            run = _Slot(None, fragment, key, why)
-            ctx._session = run
-            slots = (run,)
+            slot = ctx._session = _Slot(None, fragment, key, why)
+            return slot
+        # Every key first: a get_session_key that raises leaves no half-built run behind.
+        keys = [(fragment, *fragment.key_for(ctx)) for fragment in self.fragments]
+        run = _Run()
+        for fragment, key, why in keys:
+            run.slots[fragment.name] = _Slot(run, fragment, key, why)
+        ctx._session = _MultiHolder(run.slots)
+        return run
+
+    def load(self, run: AnyRun) -> None:
+        """Load the sessions of ``run`` that are not lazy (taking their locks)."""
+        slots: Iterable[_Slot] = run.slots.values() if isinstance(run, _Run) else (run,)
         try:
             for slot in slots:
                 if not slot.fragment.lazy and slot.key is not None:
@@ -370,7 +389,6 @@ class SessionMiddleware:
         except BaseException:
             run.finish(failed=True)
             raise
-        return run
 
     def end(self, run: AnyRun, *, failed: bool) -> None:
         """Write back what changed (unless the handler ``failed``) and release the locks."""

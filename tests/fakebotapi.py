@@ -21,6 +21,8 @@ __all__ = ["FakeBotAPI", "Reply"]
 # However long a client asks getUpdates to wait, a test never waits longer than this.
 MAX_POLL_WAIT = 5.0
 BOT_USER = {"id": 999, "is_bot": True, "first_name": "Fake", "username": "FakeBot"}
+# Methods whose answer is just ``true``; they change nothing here.
+TRUE_METHODS = frozenset({"deleteWebhook", "setMyCommands", "deleteMyCommands", "close", "logOut"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class FakeBotAPI:
         self.acknowledged_offset = 0
         # (time.monotonic(), offset) of each getUpdates call.
         self.polls: list[tuple[float, int]] = []
+        # The parameters of each getUpdates call, and the update ids each answer carried.
+        self.poll_params: list[dict[str, Any]] = []
+        self.served: list[list[int]] = []
         self.newest_first = False
         self.repeat = 1
         self.replay = False
@@ -79,6 +84,7 @@ class FakeBotAPI:
         self._pending: list[dict[str, Any]] = []
         self._next_message_id = 1
         self._script: deque[Reply] = deque()
+        self._send_script: deque[Reply] = deque()
         self._changed = threading.Condition()
         self._closed = False
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -141,6 +147,26 @@ class FakeBotAPI:
             self._changed.notify_all()
             return copy.deepcopy(update)
 
+    def push_command(self, text: str, chat_id: int = 42, *, user_id: int | None = None) -> dict[str, Any]:
+        """Queue a text message to ``chat_id`` as Telegram sends it, with its ``entities``: a
+        command at its start (``/count``, ``/count@FakeBot arg``) is marked as one, which
+        python-telegram-bot's ``CommandHandler`` looks for."""
+        sender = {"id": chat_id if user_id is None else user_id, "is_bot": False, "first_name": "Tester"}
+        message: dict[str, Any] = {
+            "message_id": self.next_update_id,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "group"},
+            "from": sender,
+            "text": text,
+        }
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            # Offsets and lengths count UTF-16 code units, as the Bot API counts them.
+            message["entities"] = [
+                {"type": "bot_command", "offset": 0, "length": len(command.encode("utf-16-le")) // 2}
+            ]
+        return self.push({"message": message})
+
     def fail_next(self, status: int = 500, times: int = 1) -> None:
         """Answer the next ``times`` ``getUpdates`` calls with HTTP ``status``.
 
@@ -174,6 +200,17 @@ class FakeBotAPI:
         with self._changed:
             self._script.extend([reply] * times)
 
+    def fail_sends_next(self, times: int = 1, retry_after: Any = 0.2) -> None:
+        """Refuse the next ``times`` ``sendMessage`` calls with 429, asking to retry after ``retry_after``."""
+        answer = {
+            "ok": False,
+            "error_code": 429,
+            "description": f"Too Many Requests: retry after {retry_after}",
+            "parameters": {"retry_after": retry_after},
+        }
+        with self._changed:
+            self._send_script.extend([Reply.of(answer, 429)] * times)
+
     def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``n`` messages were sent; return them all. Fails after ``timeout``."""
         self.wait_until(lambda: len(self.sent) >= n, timeout, f"{n} sent messages")
@@ -200,14 +237,21 @@ class FakeBotAPI:
         if method == "getUpdates":
             return self._get_updates(params)
         if method == "sendMessage":
+            with self._changed:
+                if self._send_script:
+                    return self._send_script.popleft()
             status, answer = self._send_message(params)
             return Reply.of(answer, status)
+        if method in TRUE_METHODS:
+            # What python-telegram-bot calls when it starts and stops polling.
+            return Reply.of({"ok": True, "result": True})
         return Reply.of({"ok": False, "error_code": 404, "description": "Not Found"}, 404)
 
     def _get_updates(self, params: dict[str, Any]) -> Reply:
         with self._changed:
             offset = int(params.get("offset", 0))
             self.polls.append((time.monotonic(), offset))
+            self.poll_params.append(dict(params))
             self._changed.notify_all()
             if self._script:
                 return self._script.popleft()
@@ -226,6 +270,7 @@ class FakeBotAPI:
             batch = [update for update in self._pending[:limit] for _ in range(self.repeat)]
             if self.newest_first:
                 batch.reverse()
+            self.served.append([update["update_id"] for update in batch])
             return Reply.of({"ok": True, "result": batch})
 
     def _send_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -248,6 +293,9 @@ class FakeBotAPI:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Clients that send concurrently (python-telegram-bot with concurrent updates) open many
+    # connections at once: more than the default backlog of 5, which would refuse some.
+    request_queue_size = 128
     fake: FakeBotAPI
 
 
@@ -270,6 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve({**self._query(), **(params if isinstance(params, dict) else {})})
 
     def do_GET(self) -> None:
+        if self.headers.get("Content-Length"):
+            self.do_POST()  # AsyncTeleBot (aiohttp) sends its parameters as a form body, also with GET
+            return
         self._serve(self._query())
 
     def _query(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from pgserver import drop_tables
@@ -136,26 +137,31 @@ def test_copy_reports_a_corrupt_session_leaves_it_and_copies_the_rest(folder: Pa
 def test_many_sessions_go_through_sqlite_postgresql_and_redis_back_to_files_unchanged(
     tmp_path: Path, redis_url: str, redis_prefix: str, postgres_url: str
 ) -> None:
+    """Through two tables of one database, and a Redis prefix, each named in its URL."""
     sessions = {f"chat:{n}": ({"n": n, "name": f"user {n}"}, n % 3 or None) for n in range(MANY)}
     source = FileStorage(tmp_path / "source")
     for key, (value, version) in sessions.items():
         source.write(key, value, version=version)
-    drop_tables(postgres_url, "simplesession")  # the default table, which the command line uses
+    tables = [f"copy_{tmp_path.name[-8:]}_{n}".replace("-", "_").lower() for n in (1, 2)]
+    query = "&" if "?" in postgres_url else "?"
+    redis_query = "&" if "?" in redis_url else "?"
     stores = [
         f"file:{tmp_path / 'source'}",
         f"sqlite:{tmp_path / 'sessions.db'}",
-        postgres_url,
-        redis_url,
+        f"{postgres_url}{query}table={tables[0]}",
+        f"{postgres_url}{query}table={tables[1]}",
+        f"{redis_url}{redis_query}prefix={quote(redis_prefix)}",
         f"file:{tmp_path / 'back'}",
     ]
     try:
         for source_url, target_url in itertools.pairwise(stores):
-            prefix = ["--prefix", redis_prefix] if redis_url in (source_url, target_url) else []
-            done = cli(*prefix, "copy", source_url, target_url, timeout=120)
+            done = cli("copy", source_url, target_url, timeout=120)
             assert done.returncode == 0, (target_url, done.stderr)
             assert done.stdout.startswith(f"copied {MANY:,} sessions".replace(",", "")), done.stdout
+        assert RedisStorage(redis_url, prefix=redis_prefix).read("chat:1") == sessions["chat:1"][0]
     finally:
-        drop_tables(postgres_url, "simplesession")
+        for table in tables:
+            drop_tables(postgres_url, table)
     holds_exactly(FileStorage(tmp_path / "back"), sessions)
 
 

@@ -6,10 +6,12 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import forkserver
 import pytest
+from fakebotapi import FakeBotAPI
 
 from simplesession import FileStorage
 
@@ -120,3 +122,140 @@ def test_counter_bot_greets_a_person_at_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "Ctrl-D quits" in err
     assert out.splitlines() == ["You have sent 1 commands"]
+
+
+# -- the pyTelegramBotAPI examples, on a fake Bot API server of their own ------------------------
+
+
+def telebot_example(script: str, api: FakeBotAPI) -> subprocess.Popen[str]:
+    """``script`` polling ``api``, its sessions in its own app's folder (under $XDG_DATA_HOME)."""
+    env = {**os.environ, "BOT_TOKEN": api.token, "TELEGRAM_API_URL": api.url, "NO_PROXY": "127.0.0.1"}
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def stopped(bot: subprocess.Popen[str]) -> str:
+    """Stop an example bot; what it wrote on stderr."""
+    bot.terminate()
+    _, stderr = bot.communicate(timeout=TELEBOT_TIMEOUT)
+    return stderr
+
+
+TELEBOT_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def app_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Examples keep their sessions under their app's name: in this folder, for the test."""
+    monkeypatch.delenv("SIMPLESESSION_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_telebot_async_counter_example_counts_on_asynctelebot(app_folders: Path, api: FakeBotAPI) -> None:
+    storage = FileStorage(app_name="telebot_async_counter")
+    bot = telebot_example("telebot_async_counter.py", api)
+    try:
+        api.push("/count")
+        api.push("/count")
+        sent = api.wait_for_sent(2, timeout=TELEBOT_TIMEOUT)
+        # The reply goes out before the write-back (both under the lock): wait for the write.
+        deadline = time.monotonic() + TELEBOT_TIMEOUT
+        while storage.read("42") != {"count": 2} and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stderr = stopped(bot)
+    assert sorted(message["text"] for message in sent) == ["You have sent 1 commands", "You have sent 2 commands"], (
+        stderr
+    )
+    assert storage.read("42") == {"count": 2}
+    assert storage.directory == app_folders / "telebot_async_counter" / "sessions"
+
+
+def test_telebot_states_example_goes_on_with_a_conversation_after_a_restart(app_folders: Path, api: FakeBotAPI) -> None:
+    storage = FileStorage(app_name="telebot_states")
+    bot = telebot_example("telebot_states.py", api)
+    try:
+        api.push("/start")
+        api.wait_for_sent(1, timeout=TELEBOT_TIMEOUT)
+        api.push("Ann")
+        api.wait_for_sent(2, timeout=TELEBOT_TIMEOUT)
+        # Stopped once telebot has acknowledged "Ann", so that the server does not send it again.
+        api.wait_until(lambda: api.acknowledged_offset >= 3, TELEBOT_TIMEOUT, "the acknowledgement of 'Ann'")
+    finally:
+        stderr = stopped(bot)
+    assert list(storage.keys()) == ["state:123456/42/42"], stderr
+    assert storage.read("state:123456/42/42") == {"state": "Form:age", "data": {"name": "Ann"}}
+    bot = telebot_example("telebot_states.py", api)
+    try:
+        api.push("33")
+        sent = api.wait_for_sent(3, timeout=TELEBOT_TIMEOUT)
+    finally:
+        stderr = stopped(bot)
+    assert [message["text"] for message in sent] == ["What is your name?", "How old are you?", "Thanks: Ann, 33"], (
+        stderr
+    )
+    assert list(storage.keys()) == []  # the conversation is over: its record is gone
+
+
+def test_ptb_counter_counts_on_a_bot_api_server_and_keeps_counting_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("telegram")
+    # Its sessions go to its own app's folder, apart from the other examples'.
+    monkeypatch.delenv("SIMPLESESSION_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    storage = FileStorage(app_name="ptb_counter")
+    with FakeBotAPI() as api:
+        env = {**os.environ, "BOT_TOKEN": api.token, "TELEGRAM_API_URL": api.url}
+
+        def run(*commands: str) -> None:
+            # One command at a time, each answered; then SIGTERM, on which run_polling stops
+            # and writes what changed since its last run of update_persistence.
+            bot = subprocess.Popen(
+                [sys.executable, str(EXAMPLES / "ptb_counter.py")],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                for command in commands:
+                    answered = len(api.sent)
+                    api.push_command(command)
+                    api.wait_for_sent(answered + 1, timeout=60)
+            finally:
+                bot.terminate()
+                _, stderr = bot.communicate(timeout=60)
+            assert bot.returncode == 0, stderr
+
+        run("/count", "/count")
+        assert storage.read("ptb:chat:42") == {"count": 2}
+        run("/count", "/forget")
+        assert storage.read("ptb:chat:42") is None
+        run("/count")
+    assert [message["text"] for message in api.sent] == [
+        "You have sent 1 commands",
+        "You have sent 2 commands",
+        "You have sent 3 commands",
+        "Forgotten",
+        "You have sent 1 commands",
+    ]
+    assert storage.read("ptb:chat:42") == {"count": 1}
+    assert storage.directory == tmp_path / "ptb_counter" / "sessions"
+
+
+def test_ptb_counter_without_a_token_says_what_it_needs() -> None:
+    pytest.importorskip("telegram")
+    env = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ptb_counter.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "set BOT_TOKEN to your bot's token (from @BotFather)"

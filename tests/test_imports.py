@@ -9,7 +9,7 @@ from helpers import run_python
 
 # The transport's modules: what a bot on FileStorage, or a telebot middleware, never needs.
 NETWORK = ("http", "ssl", "_ssl", "email", "urllib.request")
-RUNNER = ("simplesession.bot", "simplesession.botapi")
+RUNNER = ("simplesession.bot", "simplesession.botapi", "simplesession.runner")
 SQLITE = ("sqlite3", "_sqlite3", "simplesession.storage.sqlite")
 
 
@@ -98,3 +98,56 @@ def test_sqlite_storage_is_imported_on_first_use_from_either_package() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['_sqlite3', 'sqlite3']"
+
+
+def test_importing_simplesession_never_imports_telegram() -> None:
+    modules = loaded_by(
+        """
+        import simplesession, simplesession.contrib, simplesession.storage
+        from simplesession import FileStorage, MemoryStorage, session
+        """
+    )
+    assert among(modules, ("telegram", "simplesession.contrib.ptb")) == []
+
+
+def test_the_ptb_module_without_python_telegram_bot_says_what_to_install() -> None:
+    done = run_python(
+        """
+        import sys
+        sys.modules["telegram"] = None  # as if python-telegram-bot were not installed
+        import simplesession
+        try:
+            import simplesession.contrib.ptb
+        except ImportError as error:
+            print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'simplesession[ptb]'" in done.stdout
+    assert "pip install -e '.[ptb]'" in done.stdout
+
+
+def test_simplesession_and_its_aio_module_never_import_aiogram() -> None:
+    modules = loaded_by(
+        """
+        import simplesession, simplesession.aio, simplesession.contrib
+        from simplesession import FileStorage, MemoryStorage, session
+        """
+    )
+    assert "simplesession.aio" in modules
+    assert among(modules, ("aiogram", "aiohttp", "pydantic")) == []
+
+
+def test_the_aiogram_integration_without_aiogram_says_how_to_install_it() -> None:
+    done = run_python(
+        """
+        import sys
+        sys.modules["aiogram"] = None  # as if aiogram were not installed
+        try:
+            import simplesession.contrib.aiogram
+        except ImportError as error:
+            print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'simplesession[aiogram]'" in done.stdout

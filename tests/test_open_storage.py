@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from pgserver import drop_tables
@@ -82,6 +83,39 @@ def test_a_postgresql_url_is_a_postgres_storage_with_its_options(postgres_url: s
         assert isinstance(storage, PostgresStorage)
         storage.write("42", {"count": 4})
         assert storage.read("42") == {"count": 4}
+    finally:
+        storage.close()
+        drop_tables(postgres_url, table)
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def test_a_redis_url_may_name_its_prefix_and_keeps_the_clients_options(redis_url: str, redis_prefix: str) -> None:
+    url = _with_query(redis_url, f"socket_timeout=5&prefix={quote(redis_prefix)}")
+    storage = open_storage(url)
+    assert storage.prefix == redis_prefix  # type: ignore[attr-defined]
+    storage.write("42", {"count": 5})
+    assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 5}
+    assert open_storage(url, prefix=redis_prefix).read("42") == {"count": 5}  # the same twice is fine
+    with pytest.raises(ValueError, match="prefix is given more than once, differently"):
+        open_storage(url, prefix="other:")
+
+
+def test_a_postgresql_url_may_name_its_table(postgres_url: str) -> None:
+    table = f"test_{uuid.uuid4().hex}"
+    url = _with_query(postgres_url, f"connect_timeout=5&table={table}")
+    storage = open_storage(url)
+    try:
+        assert isinstance(storage, PostgresStorage)
+        assert storage.table == table
+        storage.write("42", {"count": 6})
+        with PostgresStorage(postgres_url, table=table) as same:
+            assert same.read("42") == {"count": 6}
+            same.close()
+        with pytest.raises(ValueError, match="table is given more than once"):
+            open_storage(_with_query(url, "table=other"))
     finally:
         storage.close()
         drop_tables(postgres_url, table)

@@ -100,6 +100,8 @@ RUNS = {
         ("/count", "/count", "/reset", "/count"),
         ("You have sent 1 commands", "You have sent 2 commands", "Forgotten", "You have sent 1 commands"),
     ),
+    "pytelegrambotapi-2": COUNTS,  # AsyncTeleBot
+    "pytelegrambotapi-3": Run(("/start", "Ann", "33"), ("What is your name?", "How old are you?", "Ann, 33")),
     "where-the-files-are-1": Run((), ("k~43hat~3a42.json",)),
     "session-data-is-json-data-1": Run(
         (),

@@ -499,6 +499,7 @@ def test_setting_up_on_an_async_telebot_is_refused_at_once_saying_what_works() -
     with pytest.raises(TypeError, match=r"AsyncTeleBot") as refused:
         bot.setup_middleware(SessionMiddleware(initial=lambda: {"count": 0}))  # type: ignore[arg-type]  # on purpose
     assert "telebot.TeleBot(token, use_class_middlewares=True)" in str(refused.value)
+    assert "AsyncSessionMiddleware" in str(refused.value)
     assert bot.middlewares == []
 
 

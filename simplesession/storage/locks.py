@@ -25,7 +25,8 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ __all__ = [
     "InProcessLocks",
     "KeyLock",
     "LockSpace",
+    "acting_for",
     "lasting",
     "lasting_gate",
     "stripe_of",
@@ -82,6 +84,25 @@ def thread_holder() -> Holder:
         # lock handed to another thread may outlive the thread that took it.
         holder = _threads.holder = Holder(f"thread {threading.current_thread().name}")
         return holder
+
+
+@contextmanager
+def acting_for(holder: object) -> Iterator[None]:
+    """Make ``holder`` the calling thread's holder while the block runs.
+
+    Code that takes locks with the default holder (the middleware, a storage's own
+    ``write``) then takes them for ``holder``: so a coroutine's locks, taken and released
+    in whichever worker threads run its blocking parts, stay its own.
+    """
+    previous = getattr(_threads, "holder", None)
+    _threads.holder = holder
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _threads.holder
+        else:
+            _threads.holder = previous
 
 
 class Gate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .base import Storage
 from .file import FileStorage
@@ -14,7 +14,8 @@ __all__ = ["FORMS", "kind_of", "open_storage", "shown"]
 
 FORMS = (
     "file:DIR, file:///ABSOLUTE/DIR, sqlite:PATH, sqlite:///ABSOLUTE/PATH, redis://HOST:PORT/DB, rediss://..., "
-    "unix:///SOCKET, redis+cluster://HOST:PORT, postgresql://USER@HOST/DATABASE"
+    "unix:///SOCKET, redis+cluster://HOST:PORT, postgresql://USER@HOST/DATABASE; "
+    "a Redis URL may end in ?prefix=PREFIX, a PostgreSQL one in ?table=TABLE"
 )
 """The names :func:`open_storage` takes, for messages."""
 
@@ -40,11 +41,16 @@ def open_storage(url: str, **options: Any) -> Storage:
     - ``sqlite:PATH`` or ``sqlite:///ABS/PATH``: a :class:`~simplesession.SQLiteStorage` in
       that database file.
     - ``postgresql://`` (or ``postgres://``) connection URLs, as libpq reads them: a
-      :class:`~simplesession.PostgresStorage` (``table=`` and the rest as options).
+      :class:`~simplesession.PostgresStorage` (``table=`` and the rest as options). A
+      ``table`` in the URL's query (``...?table=sessions``) names the table too.
     - ``redis://``, ``rediss://`` (TLS) or ``unix://`` (a socket) URLs, as redis-py reads
       them: a :class:`~simplesession.RedisStorage` on that server (``prefix=`` and the
       rest as options); ``redis+cluster://HOST:PORT`` (or ``rediss+cluster://``) for a
-      cluster, by any of its nodes.
+      cluster, by any of its nodes. A ``prefix`` in the URL's query (``...?prefix=bot1:``)
+      is the prefix too.
+
+    The table and the prefix are the store's, not the client's: they are taken out of the
+    URL before it reaches the client, and one given both ways must be the same.
 
     ``ValueError`` for anything else, saying which forms work.
     """
@@ -58,10 +64,26 @@ def open_storage(url: str, **options: Any) -> Storage:
     if kind == "postgres":
         from .postgres import PostgresStorage
 
+        url, options = _taking(url, "table", options)
         return PostgresStorage(url, **options)
     from .redis import RedisStorage
 
+    url, options = _taking(url, "prefix", options)
     return RedisStorage(url, **options)
+
+
+def _taking(url: str, name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``url`` without the query parameter ``name``, and ``options`` with its value in them."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for key, value in query if key == name]
+    if not values:
+        return url, options
+    if len(values) > 1 or (name in options and options[name] != values[0]):
+        given = [*values, *([options[name]] if name in options else [])]
+        raise ValueError(f"{shown(url)!r}: {name} is given more than once, differently: {given!r}")
+    rest = urlencode([(key, value) for key, value in query if key != name])
+    return parts._replace(query=rest).geturl(), {**options, name: values[0]}
 
 
 def kind_of(url: str) -> str:

@@ -7,12 +7,14 @@ import json
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import start_python
+from pgserver import drop_tables
 
 from simplesession import (
     Context,
@@ -22,6 +24,7 @@ from simplesession import (
     Storage,
     lazy_session,
     multi_session,
+    open_storage,
     session,
 )
 from simplesession.aio import Sessions, lock
@@ -103,18 +106,20 @@ def test_processes_of_coroutines_lose_no_update(kind: str, tmp_path: Path, reque
     if kind == "redis":
         options["prefix"] = request.getfixturevalue("redis_prefix")
     if kind == "postgres":
-        options["table"] = f"aio_{tmp_path.name[-12:]}".replace("-", "_").lower()
+        options["table"] = f"test_{uuid.uuid4().hex}"  # the server may outlive this run: a table of its own
     args = (url, json.dumps(options), "8", "100")
-    procs = [start_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=90)
-        assert proc.returncode == 0, err
-    from simplesession import open_storage
-
-    with open_storage(url, **options) as storage:
-        assert storage.read("counter") == {"n": 1600}
+    try:
+        procs = [start_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=90)
+            assert proc.returncode == 0, err
+        with open_storage(url, **options) as storage:
+            assert storage.read("counter") == {"n": 1600}
+            if kind == "postgres":
+                storage.close()
+    finally:
         if kind == "postgres":
-            storage.close()
+            drop_tables(url, options["table"])
 
 
 def test_waiting_for_a_lock_leaves_the_loop_running(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
@@ -142,7 +143,7 @@ def test_many_sessions_go_through_sqlite_postgresql_and_redis_back_to_files_unch
     source = FileStorage(tmp_path / "source")
     for key, (value, version) in sessions.items():
         source.write(key, value, version=version)
-    tables = [f"copy_{tmp_path.name[-8:]}_{n}".replace("-", "_").lower() for n in (1, 2)]
+    tables = [f"test_{uuid.uuid4().hex}" for _ in range(2)]  # the server may outlive this run
     query = "&" if "?" in postgres_url else "?"
     redis_query = "&" if "?" in redis_url else "?"
     stores = [

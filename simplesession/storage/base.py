@@ -10,8 +10,11 @@ stored value that cannot be a session; the idle sweep; the session middleware's 
 from __future__ import annotations
 
 import enum
+import json
+import math
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +31,7 @@ from .document import (
     check_version,
     data_json,
     document_of,
+    join_document,
     most_bytes,
     session_of,
     too_large,
@@ -68,6 +72,9 @@ _Entry = tuple[Hashable, Any, "Version | None", bytes, bool]
 # value's JSON, which spares the middleware encoding it again. ``settled``: whether the stamp
 # alone proves the value current (see _settled); if not, a hit compares the stored bytes. A
 # plain tuple, as one is made on every read from the store and every write.
+_Parts = tuple[Hashable, "bytes | None", "bytes | None", "bytes | None"]
+# What a backend that keeps a document's parts apart reads (see _get_parts): (stamp, the
+# version's JSON, the data's JSON, None), or (stamp, None, None, a whole document as given).
 
 
 class Storage(ABC):
@@ -111,6 +118,7 @@ class Storage(ABC):
     #: the backend's to pass on and a sweep only counts; else the idle clock is :meth:`_age`.
     expires_by_itself: ClassVar[bool] = False
     _fast: ClassVar[bool] = True
+    _parts: ClassVar[bool] = False
     set_aside_corrupt: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -119,6 +127,7 @@ class Storage(ABC):
         # session the middleware loads and stores; the others are served without a copy or
         # a check too many (see read_for_session).
         cls._fast = all(getattr(cls, name) is getattr(Storage, name) for name in ("read", "read_versioned", "write"))
+        cls._parts = cls._get_parts is not Storage._get_parts
 
     def __init__(
         self,
@@ -139,6 +148,10 @@ class Storage(ABC):
         if cache_size != 0 and type(self)._stamp is Storage._stamp:
             raise TypeError(f"{type(self).__name__} has no cheap stamps, so it cannot keep a cache")
         self._cache = cache if cache_size != 0 else None
+        # Keys read once while the cache was full (see _admit), as many as it holds at most.
+        self._cache_size = cache_size
+        self._seen: OrderedDict[str, bool] = OrderedDict()
+        self._full = False
         # Whether a stamp can be ambiguous: then each cached one notes when it was seen.
         self._doubt = self._cache is not None and type(self)._settled is not Storage._settled
 
@@ -426,6 +439,14 @@ class Storage(ABC):
         to be moved only if it still is that. :class:`~simplesession.StorageError` if it cannot.
         """
 
+    def _get_parts(self, key: str) -> _Parts | None:
+        """For a backend that keeps a document's version and data apart (a database's columns),
+        what :meth:`_get` would read, without joining them: ``(stamp, the version's JSON or None,
+        the data's JSON, None)``, the parts :func:`~.document.split_document` gives; or ``(stamp,
+        None, None, document)`` for a document kept whole. ``None``: nothing there. Reads go
+        through it instead of :meth:`_get` where a backend has it; raises as :meth:`_get` does."""
+        raise NotImplementedError
+
     def _stamp(self, key: str) -> Hashable | None:
         """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache."""
         raise NotImplementedError
@@ -488,39 +509,101 @@ class Storage(ABC):
                 cached = entry  # replaced, or its stamp could be another file's: read and compare
         since = time.time_ns() if self._doubt else 0
         try:
-            stored = self._get(key)
+            found = self._get_parts(key) if self._parts else self._get(key)
         except Unreadable as exc:
             upkeep.quarantine(self, key, str(exc), None)
             return None
-        if stored is None:
+        if found is None:
             if cache is not None:
                 cache.discard(key)
             return None
+        if self._parts:
+            stamp, version_json, raw, whole = found  # type: ignore[misc]
+            if raw is not None:
+                if cached is None:
+                    quick = self._proven(key, stamp, version_json, raw, since, copy)
+                    if quick is not None:
+                        return quick or None
+                whole = join_document(key, version_json, raw)
+            stored: Stored = (whole, stamp)  # type: ignore[assignment]
+        else:
+            stored = found  # type: ignore[assignment]
         document, stamp = stored
         settled = not self._doubt or self._settled(stamp, since)
         if cached is not None and data_json(document, key, cached[2]) == cached[3]:
             entry = (stamp, cached[1], cached[2], cached[3], settled)  # the same bytes: no need to decode them
             private = data.copy(cached[1]) if copy else None
-            return self._cached(key, entry, private)
+            return self._cached(key, entry, private, True)
         try:
             value, private, version, raw = session_of(document, key, self._max_size)
         except BadDocument as exc:
             upkeep.quarantine(self, key, str(exc), stored)
             return None
-        return self._cached(key, (stamp, value, version, raw, settled), private)
+        keep = cache is not None and (cached is not None or self._admit(key))
+        return self._cached(key, (stamp, value, version, raw, settled), private, keep)
 
-    def _cached(self, key: str, entry: _Entry, private: Any) -> tuple[_Entry, Any] | None:
-        """``entry``, just read, put in the cache; ``None`` if its session has expired."""
-        if self._cache is not None:
-            self._cache.put(key, entry)
+    def _proven(
+        self, key: str, stamp: Hashable, version_json: bytes | None, raw: bytes, since: int, copy: bool
+    ) -> tuple[_Entry, Any] | tuple[()] | None:
+        """What :meth:`_fetch` returns for data JSON ``raw`` at ``version_json`` (``()`` for
+        ``None``) when the bytes alone show that the data keeps the rules of writing; ``None``
+        if they cannot, and then :func:`~.document.session_of` checks it the long way, which
+        says what is wrong. The short way decodes it in C, with no walk in Python."""
+        value = _proven_data(raw, self._max_size)
+        if value is None:
+            return None
+        version = None
+        if version_json is not None:
+            try:
+                version = check_version(data.decode(version_json))
+            except (ValueError, TypeError, OverflowError):
+                return None
+            if data.encode(version) != version_json:
+                return None
+        entry = (stamp, value, version, raw, not self._doubt or self._settled(stamp, since))
+        # The decoded value is nobody else's: it needs a copy only if the cache keeps it.
+        keep = self._cache is not None and self._admit(key)
+        private = (data.copy(value) if keep else value) if copy else None
+        if self._idle_ttl is None:  # _cached, inline
+            if keep:
+                self._cache.put(key, entry)  # type: ignore[union-attr]
+            return entry, private
+        return self._cached(key, entry, private, keep) or ()
+
+    def _admit(self, key: str) -> bool:
+        """Whether a session just read from the store joins the cache (which is there): while the
+        cache has room, yes; once it is full, only at the second read of the key among the last
+        ``cache_size`` that were left out. So chats read once in a long while (more chats than
+        the cache holds, read at random) cost no copy and push out no session in use, and one
+        read again soon gets its place."""
+        size = self._cache_size
+        if not self._full:
+            if size is None or len(self._cache) < size:  # type: ignore[arg-type]
+                return True
+            self._full = True  # for good: one discarded later leaves room the next write fills
+        seen = self._seen
+        if seen.pop(key, False):
+            return True
+        seen[key] = True
+        if len(seen) > size:  # type: ignore[operator]  # not None: only a full LRU cache gets here
+            try:  # noqa: SIM105 - contextlib.suppress would cost more than the pop
+                seen.popitem(last=False)
+            except KeyError:  # emptied by other threads meanwhile
+                pass
+        return False
+
+    def _cached(self, key: str, entry: _Entry, private: Any, keep: bool) -> tuple[_Entry, Any] | None:
+        """``entry``, just read, put in the cache if ``keep``; ``None`` if its session has expired."""
+        if keep:
+            self._cache.put(key, entry)  # type: ignore[union-attr]
         if self._idle_ttl is not None:
-            fresh = self._fresh(key, entry)
+            fresh = self._fresh(key, entry, keep)
             if fresh is None:
                 return None
             entry = fresh
         return entry, private
 
-    def _fresh(self, key: str, entry: _Entry) -> _Entry | None:
+    def _fresh(self, key: str, entry: _Entry, keep: bool = True) -> _Entry | None:
         """``entry`` if its session has not expired (``None`` if it has: left for the sweep,
         as reading never deletes); a read now and then also resets its idle clock."""
         ttl = self._idle_ttl
@@ -533,7 +616,7 @@ class Storage(ABC):
             stamp = self._touch(key, entry[0])
             if stamp is not None:
                 entry = (stamp, entry[1], entry[2], entry[3], not self._doubt or self._settled(stamp, since))
-                if self._cache is not None:
+                if keep and self._cache is not None:  # one left out holds the caller's own value
                     self._cache.put(key, entry)
         return entry
 
@@ -552,3 +635,41 @@ class Storage(ABC):
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
             self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is beyond a float")
+    return number
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The decoder of _proven_data: strict JSON whose numbers are all finite (1e999 would be inf).
+_proven_scan: Any = json.JSONDecoder(parse_constant=_reject, parse_float=_finite).scan_once  # type: ignore[attr-defined]
+# JSON text shorter than this cannot nest deeper than MAX_DEPTH: each level takes two brackets.
+_SHALLOW = 2 * data.MAX_DEPTH + 2
+
+
+def _proven_data(raw: bytes, max_size: int) -> Any:
+    """The data whose JSON is ``raw``, if the bytes alone show that it keeps every rule of
+    :func:`~simplesession.data.checked_copy` (and of :func:`~.document.session_of`); else ``None``.
+
+    Decoded strictly, JSON is JSON data but for four things, each ruled out here: a lone
+    surrogate, which only an escape (``\\u``) or a surrogate encoded in UTF-8 can make (the
+    strict UTF-8 decoder refuses the latter); too deep a nesting, which takes as many opening
+    brackets; an infinite float (refused by the decoder); and ``null`` as a whole (no data).
+    Ints come out printable, as the decoder and ``repr`` share Python's limit on digits."""
+    if len(raw) > max_size or b"\\u" in raw:
+        return None
+    if len(raw) >= _SHALLOW and raw.count(b"[") + raw.count(b"{") > data.MAX_DEPTH:
+        return None
+    try:
+        text = raw.decode("utf-8")
+        value, end = _proven_scan(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    return value if end == len(text) else None

@@ -219,6 +219,13 @@ class SQLiteStorage(Storage):
     # -- the hooks -------------------------------------------------------------------------
 
     def _get(self, key: str) -> Stored | None:
+        parts = self._get_parts(key)
+        if parts is None:
+            return None
+        stamp, version, raw, whole = parts
+        return (whole if raw is None else join_document(key, version, raw)), stamp  # type: ignore[return-value]
+
+    def _get_parts(self, key: str) -> tuple[tuple[int, float], bytes | None, bytes | None, bytes | None] | None:
         try:
             conn = self._local.conn
         except AttributeError:
@@ -232,7 +239,7 @@ class SQLiteStorage(Storage):
         stamp, used, version, form, size, value = row
         if value is None:
             raise Unreadable(self._too_large(size))
-        return (join_document(key, version, value) if form == 1 else value), (stamp, used)
+        return ((stamp, used), version, value, None) if form == 1 else ((stamp, used), None, None, value)
 
     def _stamp(self, key: str) -> Any:
         try:

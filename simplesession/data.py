@@ -28,6 +28,7 @@ __all__ = [
     "copy",
     "decode",
     "encode",
+    "proven_data",
 ]
 
 _SCALARS = (bool, type(None))
@@ -272,3 +273,44 @@ def _find_problem(value: Any, where: str, depth: int) -> tuple[str, str] | None:
         return None if math.isfinite(value) else (where, f"is {value!r} (JSON has no NaN or Infinity)")
     name = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     return where, f"is a {name}"
+
+
+# -- reading what a storage wrote ----------------------------------------------------------
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is beyond a float")
+    return number
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The decoder of proven_data: strict JSON whose numbers are all finite (1e999 would be inf).
+_proven_scan: Any = json.JSONDecoder(parse_constant=_reject, parse_float=_finite).scan_once  # type: ignore[attr-defined]
+# JSON text shorter than this cannot nest deeper than MAX_DEPTH: each level takes two brackets.
+_SHALLOW = 2 * MAX_DEPTH + 2
+
+
+def proven_data(raw: bytes, max_size: int) -> Any:
+    """The data whose JSON is ``raw``, if the bytes alone show that it keeps every rule of
+    :func:`~simplesession.data.checked_copy` (and of :func:`~simplesession.storage.document.session_of`); else ``None``.
+
+    Decoded strictly, JSON is JSON data but for four things, each ruled out here: a lone
+    surrogate, which only an escape (``\\u``) or a surrogate encoded in UTF-8 can make (the
+    strict UTF-8 decoder refuses the latter); too deep a nesting, which takes as many opening
+    brackets; an infinite float (refused by the decoder); and ``null`` as a whole (no data).
+    Ints come out printable, as the decoder and ``repr`` share Python's limit on digits."""
+    if len(raw) > max_size or b"\\u" in raw:
+        return None
+    if len(raw) >= _SHALLOW and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        return None
+    try:
+        text = raw.decode("utf-8")
+        value, end = _proven_scan(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    return value if end == len(text) else None

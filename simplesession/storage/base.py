@@ -10,8 +10,6 @@ stored value that cannot be a session; the idle sweep; the session middleware's 
 from __future__ import annotations
 
 import enum
-import json
-import math
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -549,7 +547,7 @@ class Storage(ABC):
         ``None``) when the bytes alone show that the data keeps the rules of writing; ``None``
         if they cannot, and then :func:`~.document.session_of` checks it the long way, which
         says what is wrong. The short way decodes it in C, with no walk in Python."""
-        value = _proven_data(raw, self._max_size)
+        value = data.proven_data(raw, self._max_size)
         if value is None:
             return None
         version = None
@@ -635,41 +633,3 @@ class Storage(ABC):
         stamp = self._put(key, document_of(key, raw, version))
         if self._cache is not None:
             self._cache.put(key, (stamp, value, version, raw, not self._doubt or self._settled(stamp, since)))
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} is beyond a float")
-    return number
-
-
-def _reject(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# The decoder of _proven_data: strict JSON whose numbers are all finite (1e999 would be inf).
-_proven_scan: Any = json.JSONDecoder(parse_constant=_reject, parse_float=_finite).scan_once  # type: ignore[attr-defined]
-# JSON text shorter than this cannot nest deeper than MAX_DEPTH: each level takes two brackets.
-_SHALLOW = 2 * data.MAX_DEPTH + 2
-
-
-def _proven_data(raw: bytes, max_size: int) -> Any:
-    """The data whose JSON is ``raw``, if the bytes alone show that it keeps every rule of
-    :func:`~simplesession.data.checked_copy` (and of :func:`~.document.session_of`); else ``None``.
-
-    Decoded strictly, JSON is JSON data but for four things, each ruled out here: a lone
-    surrogate, which only an escape (``\\u``) or a surrogate encoded in UTF-8 can make (the
-    strict UTF-8 decoder refuses the latter); too deep a nesting, which takes as many opening
-    brackets; an infinite float (refused by the decoder); and ``null`` as a whole (no data).
-    Ints come out printable, as the decoder and ``repr`` share Python's limit on digits."""
-    if len(raw) > max_size or b"\\u" in raw:
-        return None
-    if len(raw) >= _SHALLOW and raw.count(b"[") + raw.count(b"{") > data.MAX_DEPTH:
-        return None
-    try:
-        text = raw.decode("utf-8")
-        value, end = _proven_scan(text, 0)
-    except (ValueError, StopIteration, RecursionError):
-        return None
-    return value if end == len(text) else None

@@ -108,6 +108,25 @@ def default_database(app_name: str = "simplesession") -> Path:
     return folder.with_name(folder.name + ".db")
 
 
+def _to_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, if it is not yet.
+
+    The switch needs the database to itself, and SQLite answers "locked" at once, without
+    its busy timeout, while another connection reads: as several threads of a new bot open
+    their connections together. So it is tried again, for at most :data:`BUSY_TIMEOUT`.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.001
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != b"wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause * (1 + random.random()))
+            pause = min(pause * 2, 0.05)
+
+
 class SQLiteStorage(Storage):
     """Sessions in one SQLite database file, safe across threads, processes and crashes.
 
@@ -354,8 +373,7 @@ class SQLiteStorage(Storage):
             raise self._error("open", None, exc) from exc
         try:
             conn.text_factory = bytes
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != b"wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _to_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA mmap_size = 67108864")
             if conn.execute(_TABLES).fetchone()[0] < len(_SCHEMA):

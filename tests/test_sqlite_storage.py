@@ -439,26 +439,31 @@ def test_the_middleware_sweeps_idle_sessions_by_itself_in_pages(
     assert storage.read("9") == {"count": 20}
 
 
+def _open_together(path: Path, threads: int = 8) -> list[BaseException]:
+    """What ``threads`` threads meet reading and writing a new database, started at once."""
+    storage = SQLiteStorage(path)
+    start = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def reader(n: int) -> None:
+        try:
+            start.wait(10)
+            for i in range(5):
+                storage.read(str(n))
+                storage.write(str(n), {"i": i})
+        except BaseException as exc:
+            failures.append(exc)
+
+    running = [threading.Thread(target=reader, args=(n,)) for n in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(30)
+    return failures
+
+
 def test_threads_opening_a_new_database_together_all_get_it(tmp_path: Path) -> None:
     """A new bot's worker threads open their connections at once, while others already read:
     switching the database to WAL waits for them instead of failing "database is locked"."""
     for attempt in range(20):
-        storage = SQLiteStorage(tmp_path / f"new-{attempt}.db")
-        start = threading.Barrier(8)
-        failures: list[BaseException] = []
-
-        def reader(n: int) -> None:
-            try:
-                start.wait(10)
-                for i in range(5):
-                    storage.read(str(n))
-                    storage.write(str(n), {"i": i})
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        assert failures == []
+        assert _open_together(tmp_path / f"new-{attempt}.db") == []

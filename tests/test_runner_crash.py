@@ -138,3 +138,27 @@ def test_ctrl_c_mid_flood_acknowledges_exactly_what_was_handled_and_a_restart_do
     assert_each_chat_in_order(rest)
     assert sorted(handled + [update_id for update_id, _ in rest]) == list(range(1, TOTAL + 1))
     assert os.path.getsize(second) > 0
+
+
+def test_a_second_ctrl_c_stops_waiting_for_a_stuck_handler_at_once(api: FakeBotAPI, tmp_path: Path) -> None:
+    """The first Ctrl-C waits for running handlers (up to stop_timeout, 30 s here); a second
+    one ends the wait: the process returns long before the stuck handler or the timeout would
+    end, and the stuck update is not acknowledged, so it comes again."""
+    for _ in range(4):
+        for chat in range(1, 6):
+            api.push("hi", chat_id=chat)
+    record = tmp_path / "record"
+    bot = fork_python(RUNNER, api.url, api.token, str(record), str(READ_AHEAD), "3")
+    try:
+        wait_for_lines(record, 10)  # the other chats went on; update 3 is stuck
+        bot.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert bot.poll() is None  # still waiting for the stuck handler
+        started = time.monotonic()
+        bot.send_signal(signal.SIGINT)
+        bot.wait(20)  # far less than the 30 s stop_timeout or the minute the handler sleeps
+        assert time.monotonic() - started < 20
+    finally:
+        bot.kill()
+    assert 3 not in [update_id for update_id, _ in records(record)]
+    assert api.acknowledged_offset <= 3

@@ -27,7 +27,7 @@ from ._telebot_common import (
     UPDATE_TYPES,
     TelebotContext,
     TelebotKeyFunction,
-    caller_module,
+    UpdateTypes,
     claim,
     core,
     given,
@@ -46,7 +46,7 @@ _SYNC_REFUSED = (
 )
 
 
-class AsyncSessionMiddleware(BaseMiddleware):
+class AsyncSessionMiddleware(UpdateTypes, BaseMiddleware):
     """A middleware for ``AsyncTeleBot``: ``bot.setup_middleware(AsyncSessionMiddleware(...))``.
 
     AsyncTeleBot needs no ``use_class_middlewares`` (it has only class middlewares). Takes
@@ -69,6 +69,8 @@ class AsyncSessionMiddleware(BaseMiddleware):
     """
 
     update_sensitive = True  # telebot then passes the update's kind, which the core's Context needs
+    _other_bot = SYNC_TELEBOT
+    _refusal = _SYNC_REFUSED
 
     def __init__(self, *, get_session_key: TelebotKeyFunction | None = None, **options: Any) -> None:
         # BaseMiddleware.__init__ does nothing, so it is not called.
@@ -87,19 +89,6 @@ class AsyncSessionMiddleware(BaseMiddleware):
         middleware = cls.__new__(cls)
         middleware._setup(multi_core(sweep_interval, fragments))
         return middleware
-
-    @property
-    def update_types(self) -> list[str]:
-        """The update kinds that get a session (telebot's names): ``UPDATE_TYPES``, or fewer."""
-        # The blocking TeleBot reads this from its own module at setup_middleware (and for
-        # every update, before any pre_process): refuse there, before any update is lost.
-        if caller_module() == SYNC_TELEBOT:
-            raise TypeError(_SYNC_REFUSED)
-        return self._update_types
-
-    @update_types.setter
-    def update_types(self, kinds: list[str]) -> None:
-        self._update_types = kinds
 
     def _setup(self, core: Core) -> None:
         self._sessions = aio.Sessions(core)  # refuses lazy sessions, saying why

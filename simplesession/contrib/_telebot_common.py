@@ -64,6 +64,31 @@ def caller_module() -> str | None:
     return name if isinstance(name, str) else None
 
 
+class UpdateTypes:
+    """``update_types`` of both middlewares: the update kinds (telebot's names) that get a
+    session, :data:`UPDATE_TYPES` or fewer.
+
+    A middleware never sees the bot it is given to, but each kind of bot reads this from its
+    own module, at ``setup_middleware`` and for every update before any ``pre_process``: so a
+    bot of the other kind (:attr:`_other_bot`) is refused here, taking no lock and losing no
+    update.
+    """
+
+    _other_bot: str
+    _refusal: str
+    _update_types: list[str]
+
+    @property
+    def update_types(self) -> list[str]:
+        if caller_module() == self._other_bot:
+            raise TypeError(self._refusal)
+        return self._update_types
+
+    @update_types.setter
+    def update_types(self, kinds: list[str]) -> None:
+        self._update_types = kinds
+
+
 def claim(data: dict[str, Any], multi: str) -> None:
     """Refuse a second session middleware before it takes any lock."""
     if SESSION in data:

@@ -49,7 +49,7 @@ from ._telebot_common import (
     LazySession,
     TelebotContext,
     TelebotKeyFunction,
-    caller_module,
+    UpdateTypes,
     claim,
     core,
     given,
@@ -80,7 +80,7 @@ _ASYNC_REFUSED = (
 )
 
 
-class SessionMiddleware(BaseMiddleware):
+class SessionMiddleware(UpdateTypes, BaseMiddleware):
     """A class middleware for ``TeleBot(token, use_class_middlewares=True)``.
 
     Takes the options of :func:`simplesession.session` (``initial``, ``storage``, ``prefix``,
@@ -104,6 +104,8 @@ class SessionMiddleware(BaseMiddleware):
     """
 
     update_sensitive = True  # telebot then passes the update's kind, which the core's Context needs
+    _other_bot = ASYNC_TELEBOT
+    _refusal = _ASYNC_REFUSED
 
     def __init__(self, *, get_session_key: TelebotKeyFunction | None = None, **options: Any) -> None:
         # BaseMiddleware.__init__ does nothing, so it is not called.
@@ -122,20 +124,6 @@ class SessionMiddleware(BaseMiddleware):
         middleware = cls.__new__(cls)
         middleware._setup(multi_core(sweep_interval, fragments), lazy=False)
         return middleware
-
-    @property
-    def update_types(self) -> list[str]:
-        """The update kinds that get a session (telebot's names): :data:`UPDATE_TYPES`, or fewer."""
-        # The middleware never sees the bot it is given to; but AsyncTeleBot reads this
-        # from its own module, at setup_middleware (hasattr) and for every update, before
-        # any pre_process: refusing there takes no lock and loses no update.
-        if caller_module() == ASYNC_TELEBOT:
-            raise TypeError(_ASYNC_REFUSED)
-        return self._update_types
-
-    @update_types.setter
-    def update_types(self, kinds: list[str]) -> None:
-        self._update_types = kinds
 
     def _setup(self, core: _Core, *, lazy: bool) -> None:
         self._core = core

@@ -149,12 +149,22 @@ class _Slot:
         assert key is not None
         if self._value is None:
             return (lambda: storage.delete(key)) if self._stored else None
-        value = data.check_copy(self._value, key)
-        raw = data.encode(value)
         # Only a migration changes a session's version: a bot without migrations keeps the one
         # stored, so that migrations added back later do not run again on it.
         version = fragment.latest if fragment.migrations else self._version
-        if raw == self._baseline and self._version == version:
+        unchanged = self._version == version
+        if unchanged:
+            # Most updates change nothing: then the value's JSON is the stored one, and writing
+            # it would store the same bytes, so it needs no checked copy. Whatever the JSON
+            # encoder refuses is left for the check below to name.
+            try:
+                if data.encode(self._value) == self._baseline:
+                    return None
+            except (TypeError, ValueError, RecursionError):
+                pass
+        value = data.check_copy(self._value, key)
+        raw = data.encode(value)
+        if raw == self._baseline and unchanged:
             return None
         fragment.check_size(key, raw)
         return lambda: fragment.storage.write_for_session(key, value, raw, version)

@@ -36,7 +36,7 @@ class HookStorage(Storage):
         found = self._docs.get(key)
         return None if found is None else (found[0], found[1:])
 
-    def _stamp(self, key: str) -> tuple[float, int] | None:
+    def _stamp(self, key: str, known: Any) -> tuple[float, int] | None:
         found = self._docs.get(key)
         return None if found is None else found[1:]
 

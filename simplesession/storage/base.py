@@ -445,8 +445,10 @@ class Storage(ABC):
         through it instead of :meth:`_get` where a backend has it; raises as :meth:`_get` does."""
         raise NotImplementedError
 
-    def _stamp(self, key: str) -> Hashable | None:
-        """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache."""
+    def _stamp(self, key: str, known: Hashable) -> Hashable | None:
+        """The stamp of what is stored under ``key`` (``None``: nothing), cheaply; for the cache,
+        which holds a value stored with stamp ``known`` (a backend that can tell that nothing
+        changed since it last found ``known`` current may return it without looking)."""
         raise NotImplementedError
 
     def _settled(self, stamp: Hashable, since: int) -> bool:
@@ -493,7 +495,7 @@ class Storage(ABC):
         if cache is not None:
             entry = cache.get(key)
             if entry is not None:
-                stamp = self._stamp(key)
+                stamp = self._stamp(key, entry[0])
                 if stamp == entry[0] and entry[4]:
                     if self._idle_ttl is not None:
                         fresh = self._fresh(key, entry)

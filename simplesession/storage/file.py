@@ -227,7 +227,7 @@ class FileStorage(Storage):
             raise self._error("read", key, folder.file(name), exc) from exc
         return raw, stamp
 
-    def _stamp(self, key: str) -> Stamp | None:
+    def _stamp(self, key: str, known: Any) -> Stamp | None:
         folder, name, _ = self._places.get(key) or self._locate_new(key)
         try:
             return folder.stamp(name)

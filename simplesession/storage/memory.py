@@ -65,7 +65,7 @@ class MemoryStorage(Storage):
         item = self._items.get(key)
         return None if item is None else (item.document, item)
 
-    def _stamp(self, key: str) -> _Item | None:
+    def _stamp(self, key: str, known: Any) -> _Item | None:
         return self._items.get(key)
 
     def _put(self, key: str, document: bytes) -> _Item:

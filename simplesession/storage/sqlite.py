@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import random
 import sqlite3
 import stat
+import sys
 import threading
 import time
 import weakref
@@ -96,8 +98,30 @@ _SET_ASIDE = (
 _SAME = " WHERE key = ? AND stamp = ?"
 _STILL_TOO_LARGE = " WHERE key = ? AND NOT size <= (CASE WHEN format = 1 THEN ? ELSE ? END)"
 _STATS = f"SELECT count(*), total({_STORED}), min(CAST(used AS REAL)), max(CAST(used AS REAL)) FROM sessions"
+# Pages read from the WAL (where the last writes are, until a checkpoint copies them into the
+# database) are copied into the connection's page cache; the rest are read in place (mmap).
+# SQLite's usual 2 MB holds a fraction of the WAL's 1,000 pages between checkpoints, so
+# reads after a burst of writes would fetch the same pages again and again. Pages are
+# taken only as used: a small database takes no more than its size.
+PAGE_CACHE_KIB = 16384
 _SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_BUSY, _SQLITE_LOCKED = 11, 26, 5, 6
+# The WAL index's header: the first 96 bytes of the "-shm" file, two copies of 48 that every
+# commit rewrites (any connection's, in any process, a sqlite3 shell's too: its change counter
+# goes up by one), as SQLite's own readers check it to know their page cache is current. See
+# "The WAL-Index Format" in SQLite's documentation.
+_HEADER = 96
 OLDEST_SQLITE = (3, 31)  # generated columns; upserts came in 3.24
+
+
+class _Stamp(tuple):  # type: ignore[type-arg]
+    """A row's ``(tag, used)``: its stamp (drawn at each write) and its last use.
+
+    ``seen`` is the WAL index's header as it was before a read found this row current
+    (``None``: not known). While the header is still those bytes, nothing was committed
+    since, so the row is still current, and a cache hit needs no read of the database.
+    """
+
+    seen: bytes | None = None
 
 
 def default_database(app_name: str = "simplesession") -> Path:
@@ -138,7 +162,9 @@ class SQLiteStorage(Storage):
     :param lock_timeout: seconds :meth:`lock` waits before raising
         :class:`~simplesession.LockTimeout`; ``None`` waits for ever.
     :param cache_size: how many sessions the in-memory front cache keeps (0: none). A hit
-        costs one indexed read of the session's stamp, and no read of its value or parse.
+        costs one indexed read of the session's stamp, and no read of its value or parse;
+        with nothing committed since the stamp was last found current, one read of the WAL
+        index's header instead.
     :param fsync: commit with ``synchronous=FULL``, so that a write survives a power loss, at
         a cost in speed. Without it (``synchronous=NORMAL``) a write survives any crash of the
         process, but the last ones may be lost if the machine loses power.
@@ -258,33 +284,49 @@ class SQLiteStorage(Storage):
         stamp, used, version, form, size, value = row
         if value is None:
             raise Unreadable(self._too_large(size))
-        return ((stamp, used), version, value, None) if form == 1 else ((stamp, used), None, None, value)
+        found = _Stamp((stamp, used))
+        return (found, version, value, None) if form == 1 else (found, None, None, value)
 
-    def _stamp(self, key: str) -> Any:
+    def _stamp(self, key: str, known: Any) -> Any:
+        local = self._local
         try:
-            conn = self._local.conn
+            conn = local.conn
         except AttributeError:
             conn = self._connect()
+        header = _header(local.shm)
+        if header is not None and header == known.seen:
+            return known  # nothing committed since it was found current
         try:
-            return conn.execute(_STAMP, (key,)).fetchone()
+            row = conn.execute(_STAMP, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("read", key, exc) from exc
+        if row != known:
+            return row
+        # Read before the row was: if it is the same later, nothing was committed after it.
+        if header is not None and _steady(header):
+            known.seen = header
+        return known
 
-    def _put(self, key: str, document: bytes) -> tuple[int, float]:
+    def _put(self, key: str, document: bytes) -> _Stamp:
         if stripes.lockless_holds:
             stripes.refuse_lockless(key, self._path, self._locks.where(key)[0], "write")
         parts = split_document(document, key)
         version, value, form = (None, document, None) if parts is None else (*parts, 1)
         now, stamp = time.time(), _tags.getrandbits(63)
+        local = self._local
         try:
-            conn = self._local.conn
+            conn = local.conn
         except AttributeError:
             conn = self._connect()
+        before = _header(local.shm)
         try:
             conn.execute(_PUT, (key, version, now, stamp, form, value))
         except sqlite3.Error as exc:
             raise self._error("write", key, exc) from exc
-        return stamp, now
+        written = _Stamp((stamp, now))
+        if before is not None:
+            written.seen = _after_one_commit(before, _header(local.shm))
+        return written
 
     def _delete(self, key: str) -> None:
         if stripes.lockless_holds:
@@ -294,14 +336,14 @@ class SQLiteStorage(Storage):
     def _age(self, stamp: Any) -> float:
         return time.time() - stamp[1]  # type: ignore[no-any-return]
 
-    def _touch(self, key: str, stamp: Any) -> tuple[int, float] | None:
+    def _touch(self, key: str, stamp: Any) -> _Stamp | None:
         now = time.time()
         conn = self._connection()
         try:
             touched = conn.execute(_TOUCH, (now, key, stamp[0])).rowcount
         except sqlite3.Error as exc:
             raise self._error("refresh the idle clock of", key, exc) from exc
-        return (stamp[0], now) if touched else None
+        return _Stamp((stamp[0], now)) if touched else None
 
     def _set_used(self, key: str, used: float) -> None:
         self._query(_SET_USED, (used, key), "set the idle clock of", key)
@@ -376,6 +418,7 @@ class SQLiteStorage(Storage):
             _to_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA mmap_size = 67108864")
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             if conn.execute(_TABLES).fetchone()[0] < len(_SCHEMA):
                 conn.execute("BEGIN IMMEDIATE")
                 for table in _SCHEMA:
@@ -392,8 +435,28 @@ class SQLiteStorage(Storage):
                     path=self._path,
                 ) from exc
             raise self._error("open", None, exc) from exc
+        self._local.shm = self._open_header()
         self._local.conn = conn
         return conn
+
+    def _open_header(self) -> int | None:
+        """A descriptor of the database's "-shm" file, to read the WAL index's header from
+        (``None`` where there is none to have). Opened once this thread's connection uses the
+        file, so it is the one in use: SQLite deletes it only when the last connection closes,
+        and this one stays open as long as the descriptor does (both belong to the thread)."""
+        if not hasattr(os, "pread"):
+            return None
+        flags = os.O_RDONLY | O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self._path + "-shm", flags)
+        except OSError:
+            return None
+        owner = io.FileIO(fd, "r")  # closes the descriptor when the thread's connection goes
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            owner.close()
+            return None
+        self._local.shm_owner = owner
+        return fd
 
     def _prepare(self) -> None:
         """Make the database's folder and file if missing (0700, 0600), and check what is there."""
@@ -455,6 +518,32 @@ class SQLiteStorage(Storage):
                 "check that the database and its folder are writable and the disk has free space"
             )
         return StorageError(message, key=key, path=self._path)
+
+
+def _header(fd: int | None) -> bytes | None:
+    """The WAL index's header now, from the "-shm" file open as ``fd``; ``None`` if not to be had."""
+    if fd is None:
+        return None
+    try:
+        return os.pread(fd, _HEADER, 0)
+    except OSError:
+        return None  # then the database is read, which says if anything is wrong
+
+
+def _steady(header: bytes) -> bool:
+    """Whether ``header`` is whole: two unequal copies are a commit under way, which a read
+    made just after may or may not show."""
+    return len(header) == _HEADER and header[:48] == header[48:]
+
+
+def _after_one_commit(before: bytes, after: bytes | None) -> bytes | None:
+    """``after``, if the headers ``before`` and ``after`` a commit of ours show no other commit
+    between them (the change counter, a native 32-bit int at byte 8, went up by one): then
+    the row just written is current as long as the header stays ``after``. Else ``None``."""
+    if after is None or not (_steady(before) and _steady(after)):
+        return None
+    step = int.from_bytes(after[8:12], sys.byteorder) - int.from_bytes(before[8:12], sys.byteorder)
+    return after if step % (1 << 32) == 1 else None
 
 
 def _code(exc: sqlite3.Error) -> int | None:

@@ -21,7 +21,7 @@ PAIRED_CONFIGS = {"floor": FLOOR, "cachelib": "cachelib@storage"}
 SQLITE_PAIRS = (
     ("sqlite-framework", "session() + SQLiteStorage", "session() + diskcache", "diskcache", "diskcache@framework"),
     (
-        "sqlite-framework",
+        "sqlite-framework-locked",
         "session() + SQLiteStorage",
         "session() + diskcache with diskcache.Lock",
         "diskcache_locked",

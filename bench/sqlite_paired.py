@@ -25,6 +25,7 @@ from workloads import WORKLOADS
 SIZES = {"1k": 1000, "10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 NAMES = {
     "sqlite-framework": "session() + SQLiteStorage vs session() + diskcache",
+    "sqlite-framework-locked": "session() + SQLiteStorage vs session() + diskcache",
     "sqlite-storage": "SQLiteStorage alone vs diskcache alone",
 }
 
@@ -50,6 +51,8 @@ def with_in_process_lock(level: str, root: str) -> dict[str, Driver]:
     from simplesession.storage.locks import InProcessLocks
 
     drivers = drivers_of(level, root)
+    if level != "sqlite-framework":
+        return drivers
     peer = OursSQLitePeer(os.path.join(root, "sqlite-unlocked"))
     peer.storage._locks = InProcessLocks("bench")
     drivers["in_process_lock"] = paired.SQLITE_LEVELS[level](peer)
@@ -71,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.lock_cost:
         paired.drivers_of = with_in_process_lock
-    levels = ["sqlite-framework", *(["sqlite-storage"] if args.storage else [])]
+    levels = ["sqlite-framework", "sqlite-framework-locked", *(["sqlite-storage"] if args.storage else [])]
     saved = dict(paired.SQLITE_LEVELS)
     paired.SQLITE_LEVELS.clear()
     paired.SQLITE_LEVELS.update({level: saved[level] for level in levels})

@@ -304,7 +304,8 @@ def proven_data(raw: bytes, max_size: int) -> Any:
     strict UTF-8 decoder refuses the latter); too deep a nesting, which takes as many opening
     brackets; an infinite float (refused by the decoder); and ``null`` as a whole (no data).
     Ints come out printable, as the decoder and ``repr`` share Python's limit on digits."""
-    if len(raw) > max_size or b"\\u" in raw:
+    # A backslash (92) is found by a byte scan several times as fast as the two bytes "\\u".
+    if len(raw) > max_size or (92 in raw and b"\\u" in raw):
         return None
     if len(raw) >= _SHALLOW and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         return None

@@ -467,3 +467,28 @@ def test_threads_opening_a_new_database_together_all_get_it(tmp_path: Path) -> N
     switching the database to WAL waits for them instead of failing "database is locked"."""
     for attempt in range(20):
         assert _open_together(tmp_path / f"new-{attempt}.db") == []
+
+
+@pytest.mark.parametrize("end", ["-wal", "-shm"])
+@pytest.mark.parametrize("planted", ["link", "pipe"])
+def test_a_link_or_pipe_where_sqlites_own_files_belong_is_refused_naming_it(
+    tmp_path: Path, end: str, planted: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "target"
+    target.write_bytes(b"x" * 100)
+    path = tmp_path / "store" / "sessions.db"
+    SQLiteStorage(path).write("42", {"count": 1})
+    gc.collect()  # the connection goes, and SQLite removes its -wal and -shm files
+    beside = Path(f"{path}{end}")
+    beside.unlink(missing_ok=True)
+    if planted == "link":
+        beside.symlink_to(target)
+    else:
+        os.mkfifo(beside)
+    with pytest.raises(StorageError, match=f"sessions.db{end} is (a link|not a file) where the database's"):
+        SQLiteStorage(path).read("42")
+    assert target.read_bytes() == b"x" * 100
+    beside.unlink()
+    assert SQLiteStorage(path).read("42") == {"count": 1}

@@ -475,6 +475,22 @@ class SQLiteStorage(Storage):
             )
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(f"{self._path} is not a file, so it cannot be a database", path=self._path)
+        for end, what in (("-wal", "write-ahead log"), ("-shm", "WAL index")):
+            # SQLite opens these without following a link too, but then says only that it
+            # could not open the database; a pipe there would hang it.
+            try:
+                beside = os.lstat(self._path + end)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _error("open", None, self._path + end, exc) from exc
+            if not stat.S_ISREG(beside.st_mode):
+                kind = "a link" if stat.S_ISLNK(beside.st_mode) else "not a file"
+                raise StorageError(
+                    f"{self._path}{end} is {kind} where the database's {what} belongs, and SQLiteStorage never "
+                    f"uses one (a link could lead to a file elsewhere): remove it, with no bot running on {self._path}",
+                    path=self._path + end,
+                )
         if not self.trust_folder:
             try:
                 _check_owner(st, self._path)

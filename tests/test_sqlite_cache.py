@@ -15,7 +15,7 @@ import pytest
 from helpers import run_python
 
 from simplesession import Bot, Context, SQLiteStorage, session
-from simplesession.storage import sqlite
+from simplesession.storage import _sqlite_wal, sqlite
 
 
 @contextlib.contextmanager
@@ -116,7 +116,7 @@ def test_a_hand_edit_landing_just_after_a_write_is_not_hidden_by_the_cache(
     path = tmp_path / "sessions.db"
     storage = SQLiteStorage(path)
     storage.write("42", {"count": 1})
-    header = sqlite._header
+    header = _sqlite_wal.read_header
     calls = 0
 
     def edited_in_between(fd: int | None) -> bytes | None:
@@ -126,9 +126,9 @@ def test_a_hand_edit_landing_just_after_a_write_is_not_hidden_by_the_cache(
             hand_edit(path, 9)
         return header(fd)
 
-    monkeypatch.setattr(sqlite, "_header", edited_in_between)
+    monkeypatch.setattr(sqlite, "read_header", edited_in_between)
     storage.write("42", {"count": 2})
-    monkeypatch.setattr(sqlite, "_header", header)
+    monkeypatch.setattr(sqlite, "read_header", header)
     assert calls == 2
     assert storage.read("42") == {"count": 9}
 

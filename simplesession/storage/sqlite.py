@@ -8,7 +8,6 @@ import os
 import random
 import sqlite3
 import stat
-import sys
 import threading
 import time
 import weakref
@@ -22,6 +21,25 @@ from ..errors import StorageError
 from . import stripes
 from ._folders import BadFolder, Folder, _check_owner
 from ._fs import O_NOFOLLOW
+from ._sqlite_sql import (
+    DELETE,
+    FIRST_PAGE,
+    GET,
+    IDLE,
+    NEXT_PAGE,
+    PUT,
+    SAME,
+    SCHEMA,
+    SET_ASIDE,
+    SET_USED,
+    SHAPE,
+    STAMP,
+    STATS,
+    STILL_TOO_LARGE,
+    TABLES,
+    TOUCH,
+)
+from ._sqlite_wal import Stamp, after_one_commit, read_header, steady
 from .base import Storage
 from .document import join_document, most_bytes, split_document
 from .file import _error, _make, default_directory
@@ -36,68 +54,6 @@ only a transaction left open elsewhere (in a ``sqlite3`` shell, say) makes one w
 PAGE = 500
 """Sessions per page of a listing, and so per slice of a sweep: each page is a short read of its own."""
 
-# Comments stay in the schema, so that `sqlite3 sessions.db .schema` explains the columns.
-# ``size`` is computed by SQLite as a value is stored (a generated column placed before the
-# value), so that a read learns a value's size without loading it.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS sessions (
-    key TEXT PRIMARY KEY NOT NULL,  -- the session key
-    version TEXT,                   -- the schema version of the data (migrations), or NULL
-    used REAL NOT NULL,             -- last use, in seconds since 1970 (UTC): datetime(used, 'unixepoch')
-    stamp INTEGER NOT NULL DEFAULT (random()),  -- drawn at random at each write: tells values apart
-    format INTEGER,                 -- 1: value is the data's JSON; NULL: value is a whole document as given
-    size INTEGER GENERATED ALWAYS AS (length(CAST(value AS BLOB))) STORED,  -- bytes of value
-    value TEXT NOT NULL             -- the session's data, as JSON
-)""",
-    # A change made by hand (in a sqlite3 shell, say) gets a new stamp too, so that no cache serves the old value.
-    """CREATE TRIGGER IF NOT EXISTS sessions_changed AFTER UPDATE ON sessions
-    WHEN NEW.stamp IS OLD.stamp AND NEW.used IS OLD.used
-    BEGIN UPDATE sessions SET stamp = random() WHERE key = NEW.key; END""",
-    """CREATE TABLE IF NOT EXISTS set_aside (  -- stored values that could not be sessions, kept for a human
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL,
-    moved TEXT NOT NULL,  -- when, UTC
-    version TEXT,
-    used REAL,
-    format INTEGER,
-    value TEXT
-)""",
-)
-_TABLES = "SELECT count(*) FROM sqlite_master WHERE name IN ('sessions', 'sessions_changed', 'set_aside')"
-_SHAPE = (
-    "SELECT key, version, used, stamp, format, size, value FROM sessions LIMIT 0",
-    "SELECT id, key, moved, version, used, format, value FROM set_aside LIMIT 0",
-)
-# Text comes back as bytes (the connection's text_factory): the JSON is kept as UTF-8 bytes.
-# The limits: the most bytes a session's data may take, then a whole document.
-_GET = (
-    "SELECT stamp, CAST(used AS REAL), version, format, size,"
-    " CASE WHEN size <= (CASE WHEN format = 1 THEN ? ELSE ? END) THEN value END"
-    " FROM sessions WHERE key = ?"
-)
-_STAMP = "SELECT stamp, CAST(used AS REAL) FROM sessions WHERE key = ?"
-_PUT = (
-    "INSERT INTO sessions (key, version, used, stamp, format, value)"
-    " VALUES (?, CAST(? AS TEXT), ?, ?, ?, CAST(? AS TEXT)) ON CONFLICT (key) DO UPDATE SET"
-    " version = excluded.version, used = excluded.used, stamp = excluded.stamp,"
-    " format = excluded.format, value = excluded.value"
-)
-_DELETE = "DELETE FROM sessions WHERE key = ?"
-_TOUCH = "UPDATE sessions SET used = ? WHERE key = ? AND stamp = ?"
-_SET_USED = "UPDATE sessions SET used = ? WHERE key = ?"
-# What a session takes as stored: the bytes of its key, version and value.
-_STORED = "size + length(CAST(key AS BLOB)) + ifnull(length(CAST(version AS BLOB)), 0)"
-_IDLE = f"SELECT CAST(used AS REAL), {_STORED} FROM sessions WHERE key = ?"
-_FIRST_PAGE = f"SELECT key, CAST(used AS REAL), {_STORED} FROM sessions ORDER BY key LIMIT ?"
-_NEXT_PAGE = f"SELECT key, CAST(used AS REAL), {_STORED} FROM sessions WHERE key > CAST(? AS TEXT) ORDER BY key LIMIT ?"
-_SET_ASIDE = (
-    "INSERT INTO set_aside (key, moved, version, used, format, value)"
-    " SELECT key, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), version, used, format, value FROM sessions"
-)
-# Only while it is still what the caller found: the same stamp, or (found unreadable) still too large.
-_SAME = " WHERE key = ? AND stamp = ?"
-_STILL_TOO_LARGE = " WHERE key = ? AND NOT size <= (CASE WHEN format = 1 THEN ? ELSE ? END)"
-_STATS = f"SELECT count(*), total({_STORED}), min(CAST(used AS REAL)), max(CAST(used AS REAL)) FROM sessions"
 # Pages read from the WAL (where the last writes are, until a checkpoint copies them into the
 # database) are copied into the connection's page cache; the rest are read in place (mmap).
 # SQLite's usual 2 MB holds a fraction of the WAL's 1,000 pages between checkpoints, so
@@ -105,23 +61,7 @@ _STATS = f"SELECT count(*), total({_STORED}), min(CAST(used AS REAL)), max(CAST(
 # taken only as used: a small database takes no more than its size.
 PAGE_CACHE_KIB = 16384
 _SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_BUSY, _SQLITE_LOCKED = 11, 26, 5, 6
-# The WAL index's header: the first 96 bytes of the "-shm" file, two copies of 48 that every
-# commit rewrites (any connection's, in any process, a sqlite3 shell's too: its change counter
-# goes up by one), as SQLite's own readers check it to know their page cache is current. See
-# "The WAL-Index Format" in SQLite's documentation.
-_HEADER = 96
 OLDEST_SQLITE = (3, 31)  # generated columns; upserts came in 3.24
-
-
-class _Stamp(tuple):  # type: ignore[type-arg]
-    """A row's ``(tag, used)``: its stamp (drawn at each write) and its last use.
-
-    ``seen`` is the WAL index's header as it was before a read found this row current
-    (``None``: not known). While the header is still those bytes, nothing was committed
-    since, so the row is still current, and a cache hit needs no read of the database.
-    """
-
-    seen: bytes | None = None
 
 
 def default_database(app_name: str = "simplesession") -> Path:
@@ -246,7 +186,7 @@ class SQLiteStorage(Storage):
 
     def describe(self, key: str) -> KeyInfo | None:
         check_key(key)
-        row = self._query(_IDLE, (key,), "look at", key)
+        row = self._query(IDLE, (key,), "look at", key)
         if not row:
             return None
         used, size = row[0]
@@ -254,7 +194,7 @@ class SQLiteStorage(Storage):
 
     def stats(self, progress: Any = None) -> StorageStats:
         """Sessions and their bytes (key, version and data), last uses, values set aside, and the file's size."""
-        (count, total, oldest, newest), *_ = self._query(_STATS, (), "count", None)
+        (count, total, oldest, newest), *_ = self._query(STATS, (), "count", None)
         ((aside,),) = self._query("SELECT count(*) FROM set_aside", (), "count", None)
         size = sum(_size(self._path + end) for end in ("", "-wal"))
         where = f"{aside} (table set_aside in {self._path})" if aside else "0"
@@ -276,7 +216,7 @@ class SQLiteStorage(Storage):
         except AttributeError:
             conn = self._connect()
         try:
-            row = conn.execute(_GET, (self._max_size, self._doc_limit, key)).fetchone()
+            row = conn.execute(GET, (self._max_size, self._doc_limit, key)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("read", key, exc) from exc
         if row is None:
@@ -284,7 +224,7 @@ class SQLiteStorage(Storage):
         stamp, used, version, form, size, value = row
         if value is None:
             raise Unreadable(self._too_large(size))
-        found = _Stamp((stamp, used))
+        found = Stamp((stamp, used))
         return (found, version, value, None) if form == 1 else (found, None, None, value)
 
     def _stamp(self, key: str, known: Any) -> Any:
@@ -293,21 +233,21 @@ class SQLiteStorage(Storage):
             conn = local.conn
         except AttributeError:
             conn = self._connect()
-        header = _header(local.shm)
+        header = read_header(local.shm)
         if header is not None and header == known.seen:
             return known  # nothing committed since it was found current
         try:
-            row = conn.execute(_STAMP, (key,)).fetchone()
+            row = conn.execute(STAMP, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("read", key, exc) from exc
         if row != known:
             return row
         # Read before the row was: if it is the same later, nothing was committed after it.
-        if header is not None and _steady(header):
+        if header is not None and steady(header):
             known.seen = header
         return known
 
-    def _put(self, key: str, document: bytes) -> _Stamp:
+    def _put(self, key: str, document: bytes) -> Stamp:
         if stripes.lockless_holds:
             stripes.refuse_lockless(key, self._path, self._locks.where(key)[0], "write")
         parts = split_document(document, key)
@@ -318,43 +258,43 @@ class SQLiteStorage(Storage):
             conn = local.conn
         except AttributeError:
             conn = self._connect()
-        before = _header(local.shm)
+        before = read_header(local.shm)
         try:
-            conn.execute(_PUT, (key, version, now, stamp, form, value))
+            conn.execute(PUT, (key, version, now, stamp, form, value))
         except sqlite3.Error as exc:
             raise self._error("write", key, exc) from exc
-        written = _Stamp((stamp, now))
+        written = Stamp((stamp, now))
         if before is not None:
-            written.seen = _after_one_commit(before, _header(local.shm))
+            written.seen = after_one_commit(before, read_header(local.shm))
         return written
 
     def _delete(self, key: str) -> None:
         if stripes.lockless_holds:
             stripes.refuse_lockless(key, self._path, self._locks.where(key)[0], "delete")
-        self._query(_DELETE, (key,), "delete", key)
+        self._query(DELETE, (key,), "delete", key)
 
     def _age(self, stamp: Any) -> float:
         return time.time() - stamp[1]  # type: ignore[no-any-return]
 
-    def _touch(self, key: str, stamp: Any) -> _Stamp | None:
+    def _touch(self, key: str, stamp: Any) -> Stamp | None:
         now = time.time()
         conn = self._connection()
         try:
-            touched = conn.execute(_TOUCH, (now, key, stamp[0])).rowcount
+            touched = conn.execute(TOUCH, (now, key, stamp[0])).rowcount
         except sqlite3.Error as exc:
             raise self._error("refresh the idle clock of", key, exc) from exc
-        return _Stamp((stamp[0], now)) if touched else None
+        return Stamp((stamp[0], now)) if touched else None
 
     def _set_used(self, key: str, used: float) -> None:
-        self._query(_SET_USED, (used, key), "set the idle clock of", key)
+        self._query(SET_USED, (used, key), "set the idle clock of", key)
 
     def _idle(self, key: str) -> tuple[float, int] | None:
-        row = self._query(_IDLE, (key,), "remove the idle", key)
+        row = self._query(IDLE, (key,), "remove the idle", key)
         return (time.time() - row[0][0], row[0][1]) if row else None
 
     def _scan(self, clock: bool) -> Iterator[list[Listed]]:
         # Page by page, each a read of its own: no read stays open while the caller works.
-        rows = self._query(_FIRST_PAGE, (PAGE,), "list", None)
+        rows = self._query(FIRST_PAGE, (PAGE,), "list", None)
         while True:
             now = time.time()
             page = []
@@ -367,19 +307,19 @@ class SQLiteStorage(Storage):
             yield page
             if len(rows) < PAGE:
                 return
-            rows = self._query(_NEXT_PAGE, (rows[-1][0], PAGE), "list", None)
+            rows = self._query(NEXT_PAGE, (rows[-1][0], PAGE), "list", None)
 
     def _move_aside(self, key: str, expected: Stored | None) -> str | None:
         args: tuple[Any, ...]
         if expected is not None:
-            where, args = _SAME, (key, expected[1][0])  # type: ignore[index]  # our stamp: (stamp, used)
+            where, args = SAME, (key, expected[1][0])  # type: ignore[index]  # our stamp: (stamp, used)
         else:
-            where, args = _STILL_TOO_LARGE, (key, self._max_size, self._doc_limit)
+            where, args = STILL_TOO_LARGE, (key, self._max_size, self._doc_limit)
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                moved = conn.execute(_SET_ASIDE + where, args)
+                moved = conn.execute(SET_ASIDE + where, args)
                 if moved.rowcount:
                     conn.execute("DELETE FROM sessions" + where, args)
                 conn.execute("COMMIT")
@@ -419,12 +359,12 @@ class SQLiteStorage(Storage):
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA mmap_size = 67108864")
             conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
-            if conn.execute(_TABLES).fetchone()[0] < len(_SCHEMA):
+            if conn.execute(TABLES).fetchone()[0] < len(SCHEMA):
                 conn.execute("BEGIN IMMEDIATE")
-                for table in _SCHEMA:
+                for table in SCHEMA:
                     conn.execute(table)
                 conn.execute("COMMIT")
-            for probe in _SHAPE:
+            for probe in SHAPE:
                 conn.execute(probe)
         except sqlite3.Error as exc:
             conn.close()
@@ -534,32 +474,6 @@ class SQLiteStorage(Storage):
                 "check that the database and its folder are writable and the disk has free space"
             )
         return StorageError(message, key=key, path=self._path)
-
-
-def _header(fd: int | None) -> bytes | None:
-    """The WAL index's header now, from the "-shm" file open as ``fd``; ``None`` if not to be had."""
-    if fd is None:
-        return None
-    try:
-        return os.pread(fd, _HEADER, 0)
-    except OSError:
-        return None  # then the database is read, which says if anything is wrong
-
-
-def _steady(header: bytes) -> bool:
-    """Whether ``header`` is whole: two unequal copies are a commit under way, which a read
-    made just after may or may not show."""
-    return len(header) == _HEADER and header[:48] == header[48:]
-
-
-def _after_one_commit(before: bytes, after: bytes | None) -> bytes | None:
-    """``after``, if the headers ``before`` and ``after`` a commit of ours show no other commit
-    between them (the change counter, a native 32-bit int at byte 8, went up by one): then
-    the row just written is current as long as the header stays ``after``. Else ``None``."""
-    if after is None or not (_steady(before) and _steady(after)):
-        return None
-    step = int.from_bytes(after[8:12], sys.byteorder) - int.from_bytes(before[8:12], sys.byteorder)
-    return after if step % (1 << 32) == 1 else None
 
 
 def _code(exc: sqlite3.Error) -> int | None:

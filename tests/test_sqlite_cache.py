@@ -7,6 +7,7 @@ import contextlib
 import io
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def test_without_the_wal_index_to_read_every_hit_reads_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Where the "-shm" file cannot be opened (or read), hits go the long way, and stay current.
-    monkeypatch.setattr(SQLiteStorage, "_open_header", lambda self: None)
+    monkeypatch.setattr(_sqlite_wal, "open_header", lambda path: None)
     path = tmp_path / "sessions.db"
     storage = SQLiteStorage(path)
     storage.write("42", {"count": 1})
@@ -177,3 +178,64 @@ def test_each_thread_reads_the_header_of_its_own_connection(tmp_path: Path) -> N
     thread.join(timeout=60)
     assert found == [{"count": 1}, {"count": 8}]
     assert storage.read("42") == {"count": 8}
+
+
+def wal_checkpoint(path: Path) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` from a connection of its own: (busy, log, checkpointed)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as db:
+        return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("cache_size", [1024, 0])
+@pytest.mark.parametrize("reader", ["idle", "ended"])
+def test_a_read_held_open_is_ended_soon_after_its_thread_goes_idle_or_ends(
+    tmp_path: Path, cache_size: int, reader: str
+) -> None:
+    # Reads are held open between statements while nothing is committed; one left so by an
+    # idle thread (or a thread that ended) would keep checkpoints from emptying the WAL.
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=cache_size)
+    for n in range(50):
+        storage.write(str(n), {"count": n})
+    SQLiteStorage(path, cache_size=0).write("other", {"count": 0})  # after which the next read is a new one
+    done, stay = threading.Event(), threading.Event()
+
+    def read() -> None:
+        for n in range(50):
+            storage.read(str(n))
+        done.set()
+        if reader == "idle":
+            stay.wait(timeout=60)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        assert done.wait(timeout=60)
+        if reader == "ended":
+            thread.join(timeout=60)
+        deadline = time.monotonic() + 10 * _sqlite_wal.HOLD + 5
+        while (result := wal_checkpoint(path))[0] and time.monotonic() < deadline:
+            time.sleep(_sqlite_wal.HOLD / 5)
+        assert result[0] == 0, "a read was still held open"
+        assert Path(f"{path}-wal").stat().st_size == 0
+    finally:
+        stay.set()
+        thread.join(timeout=60)
+    assert [storage.read(str(n)) for n in (0, 49)] == [{"count": 0}, {"count": 49}]
+
+
+def test_a_read_held_open_never_shows_what_was_committed_after_it_began(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=0)  # every read runs its statement
+    storage.write("42", {"count": 1})
+    storage.write("7", {"count": 7})
+    assert storage.read("7") == {"count": 7}  # the read is held open from here
+    held = storage._link().held
+    assert held is not None
+    hand_edit(path, 2)
+    assert storage.read("42") == {"count": 2}
+    assert storage._link().held not in (None, held)  # a new read, begun after the edit
+    with statements(storage) as ran:
+        assert storage.read("42") == {"count": 2}
+        assert storage.read("7") == {"count": 7}
+    assert [sql.split()[0] for sql in ran] == ["SELECT", "SELECT"]  # both in the read held open

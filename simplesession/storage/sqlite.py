@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import os
 import random
 import sqlite3
@@ -39,7 +38,7 @@ from ._sqlite_sql import (
     TABLES,
     TOUCH,
 )
-from ._sqlite_wal import Stamp, after_one_commit, read_header, steady
+from ._sqlite_wal import Link, Stamp, after_one_commit, read_header, steady
 from .base import Storage
 from .document import join_document, most_bytes, split_document
 from .file import _error, _make, default_directory
@@ -212,13 +211,14 @@ class SQLiteStorage(Storage):
 
     def _get_parts(self, key: str) -> tuple[tuple[int, float], bytes | None, bytes | None, bytes | None] | None:
         try:
-            conn = self._local.conn
+            link = self._local.link
         except AttributeError:
-            conn = self._connect()
-        try:
-            row = conn.execute(GET, (self._max_size, self._doc_limit, key)).fetchone()
-        except sqlite3.Error as exc:
-            raise self._error("read", key, exc) from exc
+            link = self._connect()
+        with link.mutex:
+            try:
+                row = link.read(GET, (self._max_size, self._doc_limit, key), read_header(link.shm))
+            except sqlite3.Error as exc:
+                raise self._error("read", key, exc) from exc
         if row is None:
             return None
         stamp, used, version, form, size, value = row
@@ -228,18 +228,18 @@ class SQLiteStorage(Storage):
         return (found, version, value, None) if form == 1 else (found, None, None, value)
 
     def _stamp(self, key: str, known: Any) -> Any:
-        local = self._local
         try:
-            conn = local.conn
+            link = self._local.link
         except AttributeError:
-            conn = self._connect()
-        header = read_header(local.shm)
+            link = self._connect()
+        header = read_header(link.shm)
         if header is not None and header == known.seen:
             return known  # nothing committed since it was found current
-        try:
-            row = conn.execute(STAMP, (key,)).fetchone()
-        except sqlite3.Error as exc:
-            raise self._error("read", key, exc) from exc
+        with link.mutex:
+            try:
+                row = link.read(STAMP, (key,), header)
+            except sqlite3.Error as exc:
+                raise self._error("read", key, exc) from exc
         if row != known:
             return row
         # Read before the row was: if it is the same later, nothing was committed after it.
@@ -253,19 +253,21 @@ class SQLiteStorage(Storage):
         parts = split_document(document, key)
         version, value, form = (None, document, None) if parts is None else (*parts, 1)
         now, stamp = time.time(), _tags.getrandbits(63)
-        local = self._local
         try:
-            conn = local.conn
+            link = self._local.link
         except AttributeError:
-            conn = self._connect()
-        before = read_header(local.shm)
-        try:
-            conn.execute(PUT, (key, version, now, stamp, form, value))
-        except sqlite3.Error as exc:
-            raise self._error("write", key, exc) from exc
+            link = self._connect()
+        with link.mutex:
+            try:
+                link.release()
+                before = read_header(link.shm)
+                link.conn.execute(PUT, (key, version, now, stamp, form, value))
+            except sqlite3.Error as exc:
+                raise self._error("write", key, exc) from exc
+            after = read_header(link.shm)
         written = Stamp((stamp, now))
         if before is not None:
-            written.seen = after_one_commit(before, read_header(local.shm))
+            written.seen = after_one_commit(before, after)
         return written
 
     def _delete(self, key: str) -> None:
@@ -278,11 +280,13 @@ class SQLiteStorage(Storage):
 
     def _touch(self, key: str, stamp: Any) -> Stamp | None:
         now = time.time()
-        conn = self._connection()
-        try:
-            touched = conn.execute(TOUCH, (now, key, stamp[0])).rowcount
-        except sqlite3.Error as exc:
-            raise self._error("refresh the idle clock of", key, exc) from exc
+        link = self._link()
+        with link.mutex:
+            try:
+                link.release()
+                touched = link.conn.execute(TOUCH, (now, key, stamp[0])).rowcount
+            except sqlite3.Error as exc:
+                raise self._error("refresh the idle clock of", key, exc) from exc
         return Stamp((stamp[0], now)) if touched else None
 
     def _set_used(self, key: str, used: float) -> None:
@@ -315,17 +319,20 @@ class SQLiteStorage(Storage):
             where, args = SAME, (key, expected[1][0])  # type: ignore[index]  # our stamp: (stamp, used)
         else:
             where, args = STILL_TOO_LARGE, (key, self._max_size, self._doc_limit)
-        conn = self._connection()
+        link = self._link()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                moved = conn.execute(SET_ASIDE + where, args)
-                if moved.rowcount:
-                    conn.execute("DELETE FROM sessions" + where, args)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            with link.mutex:
+                link.release()
+                conn = link.conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = conn.execute(SET_ASIDE + where, args)
+                    if moved.rowcount:
+                        conn.execute("DELETE FROM sessions" + where, args)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             why = f"it could not be moved to the table set_aside: {exc}"
             raise StorageError(why, key=key, path=self._path) from exc
@@ -333,24 +340,31 @@ class SQLiteStorage(Storage):
 
     # -- connections, and errors -------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _link(self) -> Link:
         try:
-            return self._local.conn  # type: ignore[no-any-return]
+            return self._local.link  # type: ignore[no-any-return]
         except AttributeError:
             return self._connect()
 
-    def _query(self, sql: str, args: tuple[Any, ...], action: str, key: str | None) -> list[Any]:
-        conn = self._connection()
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(action, key, exc) from exc
+    def _connection(self) -> sqlite3.Connection:
+        return self._link().conn
 
-    def _connect(self) -> sqlite3.Connection:
+    def _query(self, sql: str, args: tuple[Any, ...], action: str, key: str | None) -> list[Any]:
+        """All rows of ``sql``, in a transaction of its own (not in a read held open)."""
+        link = self._link()
+        with link.mutex:
+            try:
+                link.release()
+                return link.conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(action, key, exc) from exc
+
+    def _connect(self) -> Link:
         """This thread's connection, made at its first use (with the database, if missing)."""
         self._prepare()
         try:
-            conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            # Used by its thread, and by the one that ends a read it left open (see Link).
+            conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._error("open", None, exc) from exc
         try:
@@ -375,28 +389,8 @@ class SQLiteStorage(Storage):
                     path=self._path,
                 ) from exc
             raise self._error("open", None, exc) from exc
-        self._local.shm = self._open_header()
-        self._local.conn = conn
-        return conn
-
-    def _open_header(self) -> int | None:
-        """A descriptor of the database's "-shm" file, to read the WAL index's header from
-        (``None`` where there is none to have). Opened once this thread's connection uses the
-        file, so it is the one in use: SQLite deletes it only when the last connection closes,
-        and this one stays open as long as the descriptor does (both belong to the thread)."""
-        if not hasattr(os, "pread"):
-            return None
-        flags = os.O_RDONLY | O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self._path + "-shm", flags)
-        except OSError:
-            return None
-        owner = io.FileIO(fd, "r")  # closes the descriptor when the thread's connection goes
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            owner.close()
-            return None
-        self._local.shm_owner = owner
-        return fd
+        link = self._local.link = Link(conn, self._path)
+        return link
 
     def _prepare(self) -> None:
         """Make the database's folder and file if missing (0700, 0600), and check what is there."""

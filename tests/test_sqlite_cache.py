@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -239,3 +243,43 @@ def test_a_read_held_open_never_shows_what_was_committed_after_it_began(tmp_path
         assert storage.read("42") == {"count": 2}
         assert storage.read("7") == {"count": 7}
     assert [sql.split()[0] for sql in ran] == ["SELECT", "SELECT"]  # both in the read held open
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_process_stopped_with_a_read_held_open_holds_up_no_other(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=0)
+    storage.write("42", {"count": 1})
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from simplesession import SQLiteStorage\n"
+            "storage = SQLiteStorage(sys.argv[1], cache_size=0)\n"
+            "assert storage.read('42') == {'count': 1}\n"
+            "print('held', storage._link().held is not None, flush=True)\n"
+            "time.sleep(60)\n",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "held True"
+        os.kill(reader.pid, signal.SIGSTOP)  # its read stays held: no thread of it runs
+        for n in range(2, 40):
+            with storage.lock("42"):
+                storage.write("42", {"count": n})
+            assert storage.read("42") == {"count": n}
+        assert SQLiteStorage(path, cache_size=0).read("42") == {"count": 39}
+        assert wal_checkpoint(path)[0] == 1  # only emptying the WAL waits for it
+    finally:
+        os.kill(reader.pid, signal.SIGCONT)
+        reader.kill()
+        reader.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while wal_checkpoint(path)[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert wal_checkpoint(path)[0] == 0

@@ -174,6 +174,27 @@ def _end_idle_reads() -> None:
                     _held.discard(link)
 
 
+def _end_reads_before_fork() -> None:
+    """End every read held open whose connection is not in use, before a fork.
+
+    SQLite counts the read locks of a process's connections in the process, and takes the
+    lock from the system for the first only. A child inherits the count, not the lock: a
+    read its parent held open would stay counted there for ever (the parent's connections
+    are never used in the child), so that the child's own reads of that slot would hold no
+    lock, and its checkpoints, waiting on that read, would never empty the WAL.
+    """
+    with _held_mutex:
+        links = list(_held)
+    for link in links:
+        if link.mutex.acquire(blocking=False):  # one in use is in a statement, as without reads held
+            try:
+                link.release()
+            except sqlite3.Error:
+                pass  # its own thread meets whatever is wrong at its next statement
+            finally:
+                link.mutex.release()
+
+
 def _after_fork_in_child() -> None:
     # The parent's thread is not in the child, nor are its links used there.
     global _held_mutex, _ending
@@ -182,4 +203,4 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_end_reads_before_fork, after_in_child=_after_fork_in_child)

@@ -46,3 +46,27 @@ def test_a_child_forked_while_a_read_is_held_open_can_still_empty_the_wal(tmp_pa
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert storage.read("42") == {"count": 3}
+
+
+def test_no_read_is_held_open_while_the_wal_is_long_enough_to_be_checkpointed(tmp_path: Path) -> None:
+    # SQLite checkpoints just after a commit, when a thread reading without pause would
+    # always still hold the read it began before it: the WAL would then never be copied
+    # back whole, and would grow for as long as that thread reads.
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=0)
+    storage.write("42", {"count": 1})
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("CREATE TABLE filler (x BLOB)")
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1100) "
+            "INSERT INTO filler SELECT randomblob(4000) FROM n"
+        )
+    assert os.path.getsize(f"{path}-wal") > 1000 * 4096
+    assert storage.read("42") == {"count": 1}
+    assert wal_checkpoint(path)[0] == 0  # at once: no read held back the checkpoint
+    assert os.path.getsize(f"{path}-wal") == 0
+    assert storage.read("42") == {"count": 1}
+    hand_edit(path, 2)
+    assert storage.read("42") == {"count": 2}
+    assert storage._link().held is not None  # a short WAL again: reads are held open again

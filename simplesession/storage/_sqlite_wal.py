@@ -32,6 +32,9 @@ HOLD = 0.05
 # goes up by one), as SQLite's own readers check it to know their page cache is current. See
 # "The WAL-Index Format" in SQLite's documentation.
 HEADER = 96
+# SQLite's wal_autocheckpoint: a commit that leaves the WAL at least this many frames long
+# checkpoints it (the header's frame count is a native 32-bit int at byte 16).
+CHECKPOINT_FRAMES = 1000
 
 
 class Stamp(tuple):  # type: ignore[type-arg]
@@ -59,6 +62,11 @@ def steady(header: bytes) -> bool:
     """Whether ``header`` is whole: two unequal copies are a commit under way, which a read
     made just after may or may not show."""
     return len(header) == HEADER and header[:48] == header[48:]
+
+
+def _frames(header: bytes) -> int:
+    """The frames in the WAL, as the header ``header`` says."""
+    return int.from_bytes(header[16:20], sys.byteorder)
 
 
 def after_one_commit(before: bytes, after: bytes | None) -> bytes | None:
@@ -119,9 +127,13 @@ class Link:
         if held is not None and header != held:
             self.release()
             held = None
-        if held is None and header is not None and steady(header):
+        if held is None and header is not None and steady(header) and _frames(header) < CHECKPOINT_FRAMES:
             # The read begins at the statement, so after the header was read: if it is still
-            # those bytes later, nothing was committed since the read began.
+            # those bytes later, nothing was committed since the read began. None is begun
+            # once the WAL is long enough for commits to checkpoint it: a checkpoint runs
+            # just after a commit, when a thread reading without pause always still holds
+            # the read it began before, so the WAL would never be copied back whole, and
+            # would grow for as long as that thread reads.
             self.conn.execute("BEGIN")
             self.held, self.since = header, time.monotonic()
             _watch(self)

@@ -143,7 +143,8 @@ class Link:
         """End the read held open, if any (before a write, say). Call with ``mutex`` held."""
         if self.held is not None:
             self.held = None
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:  # a failed statement may have ended it already
+                self.conn.execute("COMMIT")
 
 
 # The links with a read held open, and whether the thread that ends idle ones runs.

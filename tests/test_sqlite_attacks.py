@@ -70,3 +70,25 @@ def test_no_read_is_held_open_while_the_wal_is_long_enough_to_be_checkpointed(tm
     hand_edit(path, 2)
     assert storage.read("42") == {"count": 2}
     assert storage._link().held is not None  # a short WAL again: reads are held open again
+
+
+def test_reads_are_held_open_on_a_long_wal_once_it_is_all_copied_back(tmp_path: Path) -> None:
+    # A read begun on a WAL that is all in the database reads the database alone: holding it
+    # keeps back neither a checkpoint nor the WAL's restart by the next commit.
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=0)
+    storage.write("42", {"count": 1})
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("CREATE TABLE filler (x BLOB)")
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1100) "
+            "INSERT INTO filler SELECT randomblob(4000) FROM n"
+        )
+        assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    assert storage.read("42") == {"count": 1}
+    assert storage._link().held is not None
+    assert wal_checkpoint(path)[0] == 0  # at once, with the read held open
+    assert os.path.getsize(f"{path}-wal") == 0
+    hand_edit(path, 3)
+    assert storage.read("42") == {"count": 3}

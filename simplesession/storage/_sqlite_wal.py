@@ -127,17 +127,29 @@ class Link:
         if held is not None and header != held:
             self.release()
             held = None
-        if held is None and header is not None and steady(header) and _frames(header) < CHECKPOINT_FRAMES:
+        if held is None and header is not None and steady(header) and self._may_hold(header):
             # The read begins at the statement, so after the header was read: if it is still
-            # those bytes later, nothing was committed since the read began. None is begun
-            # once the WAL is long enough for commits to checkpoint it: a checkpoint runs
-            # just after a commit, when a thread reading without pause always still holds
-            # the read it began before, so the WAL would never be copied back whole, and
-            # would grow for as long as that thread reads.
+            # those bytes later, nothing was committed since the read began.
             self.conn.execute("BEGIN")
             self.held, self.since = header, time.monotonic()
             _watch(self)
         return self.conn.execute(sql, args).fetchone()
+
+    def _may_hold(self, header: bytes) -> bool:
+        """Whether a read begun now may be held open. Not once the WAL is long enough for
+        commits to checkpoint it, unless it is all copied back already: a checkpoint runs
+        just after a commit, when a thread reading without pause always still holds the
+        read it began before, so the WAL would never be copied back whole, and would grow
+        for as long as that thread reads. A read begun on a WAL copied back whole reads the
+        database alone, and holds back neither a checkpoint nor the WAL's restart."""
+        frames = _frames(header)
+        if frames < CHECKPOINT_FRAMES:
+            return True
+        try:
+            copied = os.pread(self.shm, 4, HEADER)  # type: ignore[arg-type]  # a header came from it
+        except OSError:
+            return False
+        return len(copied) == 4 and int.from_bytes(copied, sys.byteorder) == frames
 
     def release(self) -> None:
         """End the read held open, if any (before a write, say). Call with ``mutex`` held."""

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import forkserver
 import pytest
 from botrunner import JOIN_TIMEOUT, Started
 from fakebotapi import FakeBotAPI
@@ -179,3 +180,18 @@ def run() -> Iterator[Callable[[Bot], Started]]:
     for running in started:
         running.bot.stop()
         running.thread.join(JOIN_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def aiogram_forks() -> Iterator[forkserver.ForkServer]:
+    """A fork server that has aiogram imported too: importing it takes seconds, forking
+    milliseconds. One for the test session, shared by the aiogram test files."""
+    server = forkserver.ForkServer([*forkserver.PRELOAD, "aiogram", "aiogram.types", "simplesession.contrib.aiogram"])
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def forked(aiogram_forks: forkserver.ForkServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes this test starts with helpers.fork_python or forkserver.popen have aiogram imported."""
+    monkeypatch.setattr(forkserver, "_server", aiogram_forks)

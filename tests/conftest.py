@@ -21,6 +21,68 @@ from redisserver import SentinelSet, redis_cluster, redis_sentinel, redis_server
 from simplesession import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SQLiteStorage, Storage
 from simplesession.bot import Bot
 
+# -- how the two test processes share the files (pyproject.toml: -n 2 --dist loadfile) ------------
+
+# Files that run in one process, so that they share what is costly to start: aiogram takes
+# seconds of CPU to import, in the test process and in its fork server (aiogram_forks).
+SAME_PROCESS = {"test_aiogram_fsm.py": "test_aiogram.py"}
+
+# The files that take longest, longest first, as measured on two cores. A process that is done
+# with its file takes the next one; starting with these leaves the short files for the end,
+# where one process would otherwise wait for the other to finish a long one.
+LONGEST_FIRST = [
+    "test_aiogram.py",
+    "test_properties.py",
+    "test_redis_cluster.py",
+    "test_readme.py",
+    "test_aio.py",
+    "test_soak.py",
+    "test_postgres_processes.py",
+    "test_storage_contract.py",
+    "test_sqlite_processes.py",
+    "test_redis_sentinel.py",
+    "test_runner.py",
+    "test_redis_connections.py",
+    "test_bench_smoke.py",
+    "test_ptb_processes.py",
+    "test_hostile_data.py",
+    "test_ptb.py",
+    "test_bot_sessions.py",
+    "test_examples.py",
+    "test_redis_fencing.py",
+    "test_redis_storage.py",
+    "test_cli_copy.py",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        # xdist sends the files in the order of the collection (below), not by their number of tests.
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    for name, other in SAME_PROCESS.items():
+        rank[name] = rank.get(other, len(LONGEST_FIRST))
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: in a file, as written
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, with the files of SAME_PROCESS sent to one process as one."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    class Scheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path: str = super()._split_scope(nodeid)
+            folder, slash, name = path.rpartition("/")
+            return folder + slash + SAME_PROCESS.get(name, name)
+
+    return Scheduling(config, log)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +247,7 @@ def run() -> Iterator[Callable[[Bot], Started]]:
 @pytest.fixture(scope="session")
 def aiogram_forks() -> Iterator[forkserver.ForkServer]:
     """A fork server that has aiogram imported too: importing it takes seconds, forking
-    milliseconds. One for the test session, shared by the aiogram test files."""
+    milliseconds. One for the test session, shared by the aiogram test files (SAME_PROCESS)."""
     server = forkserver.ForkServer([*forkserver.PRELOAD, "aiogram", "aiogram.types", "simplesession.contrib.aiogram"])
     yield server
     server.close()

@@ -4,6 +4,7 @@ import contextlib
 import itertools
 import os
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -84,11 +85,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Scheduling(config, log)
 
 
+@pytest.fixture(scope="session")
+def _homes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("homes")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_data_dir(_homes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may touch the user's real data folder: point both the override and the
-    # platform's own data folder into a temporary directory.
-    home = tmp_path_factory.mktemp("home")
+    # platform's own data folder into a temporary directory. (mkdtemp, as tmp_path_factory's
+    # numbered folders list every folder made before: a cost that grows with every test.)
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=_homes))
     monkeypatch.setenv("SIMPLESESSION_DIR", str(home / "default-sessions"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "xdg-data"))
     monkeypatch.setenv("HOME", str(home))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import start_python
+from helpers import fork_python
 from pgserver import drop_tables
 
 from simplesession import (
@@ -109,7 +109,7 @@ def test_processes_of_coroutines_lose_no_update(kind: str, tmp_path: Path, reque
         options["table"] = f"test_{uuid.uuid4().hex}"  # the server may outlive this run: a table of its own
     args = (url, json.dumps(options), "8", "100")
     try:
-        procs = [start_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
+        procs = [fork_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
         for proc in procs:
             _, err = proc.communicate(timeout=90)
             assert proc.returncode == 0, err
@@ -126,7 +126,7 @@ def test_waiting_for_a_lock_leaves_the_loop_running(tmp_path: Path) -> None:
     """Another process holds the key: the waiting coroutine waits in a worker thread, and
     the loop goes on with other chats meanwhile."""
     storage = FileStorage(tmp_path)
-    holder = start_python(
+    holder = fork_python(
         """
         import sys, time
         from simplesession import FileStorage

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-from helpers import INCREMENTER, run_python, start_python
+from helpers import INCREMENTER, fork_python, run_forked
 
 from simplesession import Bot, Context, LockLost, RedisStorage, multi_session
 
@@ -100,7 +100,7 @@ def test_a_corrupt_value_is_set_aside_in_its_slot_and_the_chat_goes_on(
 def test_processes_incrementing_through_the_cluster_lose_no_update(cluster_url: str, prefix: str) -> None:
     options = json.dumps({"prefix": prefix})
     procs = [
-        start_python(
+        fork_python(
             INCREMENTER,
             cluster_url,
             options,
@@ -187,7 +187,7 @@ def test_waiting_for_replicas_is_refused_on_a_cluster_saying_so(cluster_url: str
 
 
 def test_a_cluster_address_that_answers_nothing_is_a_storage_error() -> None:
-    result = run_python(
+    result = run_forked(
         """
         from simplesession import RedisStorage, StorageError
         try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import forkserver
 import pytest
 import redis
 import redis.cluster
@@ -59,9 +59,7 @@ def per_primary(client: Any, prefix: str) -> list[int]:
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "simplesession", *args], input=stdin, capture_output=True, text=True, timeout=60
-    )
+    return forkserver.run(["-m", "simplesession", *args], input=stdin, timeout=60)
 
 
 def test_a_sessions_value_lock_and_set_aside_keys_share_one_slot(storage: RedisStorage, client: Any) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import sqlite3
@@ -60,6 +61,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "loadscopereorder"):
         # xdist sends the files in the order of the collection (below), not by their number of tests.
         config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure() -> None:
+    # The interpreter's last garbage collections on the way out go through every object the
+    # run made (with aiogram and the other frameworks imported, hundreds of thousands): a
+    # second or more for each test process, which the run waits for. Nothing left then
+    # needs collecting.
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,37 +23,45 @@ from redisserver import SentinelSet, redis_cluster, redis_sentinel, redis_server
 from simplesession import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SQLiteStorage, Storage
 from simplesession.bot import Bot
 
-# -- how the two test processes share the files (pyproject.toml: -n 2 --dist loadfile) ------------
+# -- how the test processes share the files (pyproject.toml: -n 3 --dist loadfile) ----------------
 
 # Files that run in one process, so that they share what is costly to start: aiogram takes
 # seconds of CPU to import, in the test process and in its fork server (aiogram_forks).
 SAME_PROCESS = {"test_aiogram_fsm.py": "test_aiogram.py"}
 
-# The files that take longest, longest first, as measured on two cores. A process that is done
-# with its file takes the next one; starting with these leaves the short files for the end,
-# where one process would otherwise wait for the other to finish a long one.
+# The files that take longest, longest first, as measured (three processes on two cores). A
+# process that is done with its file takes the next one; starting with these leaves the short
+# files for the end, where the others would otherwise wait for one to finish a long one.
 LONGEST_FIRST = [
     "test_aiogram.py",
-    "test_properties.py",
-    "test_redis_cluster.py",
     "test_readme.py",
+    "test_properties.py",
     "test_aio.py",
-    "test_soak.py",
-    "test_postgres_processes.py",
     "test_storage_contract.py",
-    "test_sqlite_processes.py",
-    "test_redis_sentinel.py",
-    "test_runner.py",
-    "test_redis_connections.py",
-    "test_bench_smoke.py",
-    "test_ptb_processes.py",
-    "test_hostile_data.py",
+    "test_soak.py",
     "test_ptb.py",
-    "test_bot_sessions.py",
-    "test_examples.py",
-    "test_redis_fencing.py",
+    "test_runner.py",
+    "test_hostile_data.py",
+    "test_bench_smoke.py",
+    "test_redis_sentinel.py",
+    "test_postgres_processes.py",
+    "test_ptb_processes.py",
     "test_redis_storage.py",
+    "test_telebot_async.py",
+    "test_cli.py",
+    "test_bot_untrusted_server.py",
     "test_cli_copy.py",
+    "test_trust_fs.py",
+    "test_redis_cluster.py",
+    "test_examples.py",
+    "test_postgres_storage.py",
+    "test_crash.py",
+    "test_redis_bounds.py",
+    "test_telebot_states.py",
+    "test_sqlite_storage.py",
+    "test_imports.py",
+    "test_bounded_reads.py",
+    "test_redis_fencing.py",
 ]
 
 

@@ -103,6 +103,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Scheduling(config, log)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _long_lived_objects_frozen() -> None:
+    # What is alive as a test file starts (imports, session fixtures, caches) lives on to
+    # the end of the run: frozen, the collector does not go through it again at each full
+    # collection (a test process holds hundreds of thousands of such objects, aiogram's
+    # models among them). What the tests make after this is collected as before.
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(scope="session")
 def _homes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("homes")

@@ -40,8 +40,9 @@ from typing import IO, Any, Protocol
 
 # Where the server starts: where the tests started, so that it imports the package they import.
 LAUNCH_DIR = os.getcwd()
-# What the processes import anyway; "?": if installed (RedisStorage imports redis when made).
-PRELOAD = ["simplesession", "simplesession.cli", "redis?"]
+# What the processes import anyway; "?": if installed (RedisStorage imports redis when made,
+# PostgresStorage psycopg and psycopg_pool: dozens of the processes work on PostgreSQL).
+PRELOAD = ["simplesession", "simplesession.cli", "redis?", "psycopg?", "psycopg_pool?"]
 START_TIMEOUT = 60.0
 
 # The server's code, run with -c as the tests' processes run theirs: sys.path[0] is then the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import start_python
+from helpers import fork_python
 from pgserver import drop_tables
 
 from simplesession import (
@@ -69,6 +70,10 @@ def test_a_thread_and_coroutines_exclude_each_other(tmp_path: Path) -> None:
     assert storage.read("counter") == {"n": COROUTINES + 100}
 
 
+# Increments per coroutine of the processes below: the long runs (SIMPLESESSION_SOAK_SECONDS
+# set, see test_soak.py) make twice as many.
+INCREMENTS = 100 if os.environ.get("SIMPLESESSION_SOAK_SECONDS") else 50
+
 ASYNC_INCREMENTER = """
     import asyncio, json, sys
     from simplesession import open_storage
@@ -93,7 +98,7 @@ ASYNC_INCREMENTER = """
 
 @pytest.mark.parametrize("kind", ["file", "sqlite", "redis", "postgres"])
 def test_processes_of_coroutines_lose_no_update(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """2 processes x 8 coroutines x 100 increments of one key: exactly 1600."""
+    """2 processes x 8 coroutines x 50 increments of one key (100 in the long runs): exactly 800 (1600)."""
     if kind == "file":
         url = f"file:{tmp_path}"
     elif kind == "sqlite":
@@ -107,14 +112,14 @@ def test_processes_of_coroutines_lose_no_update(kind: str, tmp_path: Path, reque
         options["prefix"] = request.getfixturevalue("redis_prefix")
     if kind == "postgres":
         options["table"] = f"test_{uuid.uuid4().hex}"  # the server may outlive this run: a table of its own
-    args = (url, json.dumps(options), "8", "100")
+    args = (url, json.dumps(options), "8", str(INCREMENTS))
     try:
-        procs = [start_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
+        procs = [fork_python(ASYNC_INCREMENTER, *args, stderr=subprocess.PIPE) for _ in range(2)]
         for proc in procs:
             _, err = proc.communicate(timeout=90)
             assert proc.returncode == 0, err
         with open_storage(url, **options) as storage:
-            assert storage.read("counter") == {"n": 1600}
+            assert storage.read("counter") == {"n": 2 * 8 * INCREMENTS}
             if kind == "postgres":
                 storage.close()
     finally:
@@ -126,7 +131,7 @@ def test_waiting_for_a_lock_leaves_the_loop_running(tmp_path: Path) -> None:
     """Another process holds the key: the waiting coroutine waits in a worker thread, and
     the loop goes on with other chats meanwhile."""
     storage = FileStorage(tmp_path)
-    holder = start_python(
+    holder = fork_python(
         """
         import sys, time
         from simplesession import FileStorage

@@ -8,47 +8,39 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import forkserver
 import pytest
-from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
-from aiogram.filters import Command
-from aiogram.types import ErrorEvent, Message, TelegramObject
 from conftest import make_storage
 from fakebotapi import FakeBotAPI
 from helpers import fork_python
 
 from simplesession import FileStorage, MemoryStorage, SessionKeyError, open_storage
-from simplesession.contrib.aiogram import AiogramContext, SessionMiddleware
+
+# aiogram takes seconds of CPU to import, and every test process collects this file: only
+# the tests that run import it (and simplesession.contrib.aiogram, which imports it).
+if TYPE_CHECKING:
+    from aiogram import Bot, Dispatcher
+    from aiogram.types import ErrorEvent, Message, TelegramObject
+
+    from simplesession.contrib.aiogram import AiogramContext
+
+    Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KINDS = ["memory", "file", "sqlite"]
 ONE_CHAT = 50
 TIMEOUT = 60.0
 
-Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
-
-
-@pytest.fixture(scope="module")
-def aiogram_forks() -> Iterator[forkserver.ForkServer]:
-    """A fork server that has aiogram imported too: importing it takes seconds, forking milliseconds."""
-    server = forkserver.ForkServer([*forkserver.PRELOAD, "aiogram", "aiogram.types", "simplesession.contrib.aiogram"])
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def forked(aiogram_forks: forkserver.ForkServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Processes this test starts with helpers.fork_python or forkserver.popen have aiogram imported."""
-    monkeypatch.setattr(forkserver, "_server", aiogram_forks)
-
 
 def bot_for(api: FakeBotAPI) -> Bot:
+    from aiogram import Bot
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
     return Bot(api.token, session=AiohttpSession(api=TelegramAPIServer.from_base(api.url)))
 
 
@@ -80,6 +72,10 @@ def test_fifty_polled_updates_of_one_chat_count_exactly(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, api: FakeBotAPI
 ) -> None:
     """Real polling: one batch of updates, a task each; one chat's handlers never overlap."""
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = make_storage(kind, tmp_path / "sessions", request)
     updates = [(42, i) for i in range(ONE_CHAT)] + [(7, i) for i in range(10)]
     running: dict[int, int] = {42: 0, 7: 0}
@@ -138,6 +134,10 @@ async def feed(dp: Dispatcher, bot: Bot, *updates: dict[str, Any]) -> None:
 def test_a_raising_handler_writes_nothing_also_when_an_errors_handler_takes_the_error(
     tmp_path: Path, api: FakeBotAPI
 ) -> None:
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = FileStorage(tmp_path)
     storage.write("42", {"n": 1})
     seen: list[str] = []
@@ -183,6 +183,11 @@ def test_a_raising_handler_writes_nothing_also_when_an_errors_handler_takes_the_
 def test_the_session_is_written_only_when_changed_replaced_or_deleted(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, api: FakeBotAPI
 ) -> None:
+    from aiogram import Dispatcher
+    from aiogram.filters import Command
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = make_storage(kind, tmp_path / "sessions", request)
     replies: list[str] = []
 
@@ -227,6 +232,10 @@ def test_the_session_is_written_only_when_changed_replaced_or_deleted(
 
 
 def test_an_update_without_a_chat_gets_a_session_that_says_why_it_has_none(api: FakeBotAPI) -> None:
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = MemoryStorage()
     errors: list[str] = []
     inline = {
@@ -252,6 +261,11 @@ def test_an_update_without_a_chat_gets_a_session_that_says_why_it_has_none(api: 
 
 
 def test_keys_of_your_own_and_multi_sessions_see_the_update_as_the_bot_api_sends_it(api: FakeBotAPI) -> None:
+    from aiogram import Dispatcher
+    from aiogram.filters import Command
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = MemoryStorage()
 
     async def main(bot: Bot) -> None:
@@ -290,6 +304,10 @@ def test_keys_of_your_own_and_multi_sessions_see_the_update_as_the_bot_api_sends
 
 
 def test_on_a_routers_message_observer_it_keys_by_the_update_all_the_same(api: FakeBotAPI) -> None:
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = MemoryStorage()
 
     async def main(bot: Bot) -> None:
@@ -308,6 +326,10 @@ def test_on_a_routers_message_observer_it_keys_by_the_update_all_the_same(api: F
 
 
 def test_lazy_sessions_and_two_middlewares_are_refused_with_the_reason(api: FakeBotAPI) -> None:
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     with pytest.raises(ValueError, match=r"lazy sessions .* would read on the event loop"):
         SessionMiddleware(lazy=True, storage=MemoryStorage())
     with pytest.raises(TypeError, match="initial must be a function"):

@@ -4,28 +4,30 @@ honour every field, conversations that outlive the process, and locks that hold 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiogram import Bot, Dispatcher, Router
-from aiogram.filters import Command
-from aiogram.fsm.context import FSMContext
-from aiogram.fsm.state import State, StatesGroup
-from aiogram.fsm.storage.base import StorageKey
-from aiogram.types import Message
 from conftest import make_storage
 from fakebotapi import FakeBotAPI
 from helpers import fork_python
 from hypothesis import given
 from hypothesis import strategies as st
-from test_aiogram import aiogram_forks, bot_for, forked, message  # noqa: F401 (fixtures)
+from test_aiogram import bot_for, message
 
 from simplesession import FileStorage, MemoryStorage, SessionDataError, Storage, open_storage
-from simplesession.contrib.aiogram import SessionIsolation, SessionMiddleware, SessionStorage, fsm_key
+
+# As in test_aiogram.py: aiogram (and simplesession.contrib.aiogram) only where a test runs.
+if TYPE_CHECKING:
+    from aiogram import Bot, Dispatcher, Router
+    from aiogram.fsm.context import FSMContext
+    from aiogram.fsm.state import State
+    from aiogram.fsm.storage.base import StorageKey
+    from aiogram.types import Message
 
 KINDS = ["memory", "file", "sqlite", "redis", "postgres"]
 BOT_ID = 123456  # the fake server's token names this bot
@@ -43,6 +45,10 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def test_the_key_names_the_bot_chat_and_user_and_every_other_field_that_is_set() -> None:
+    from aiogram.fsm.storage.base import StorageKey
+
+    from simplesession.contrib.aiogram import fsm_key
+
     assert fsm_key(StorageKey(bot_id=1, chat_id=-100, user_id=7)) == "aiogram:1:-100:7"
     full = StorageKey(bot_id=1, chat_id=2, user_id=3, thread_id=0, business_connection_id="a:b/c", destiny="x=y")
     assert fsm_key(full, prefix="bot:") == "bot:1:2:3:thread=0:business=a%3Ab%2Fc:destiny=x%3Dy"
@@ -53,78 +59,103 @@ def test_the_key_names_the_bot_chat_and_user_and_every_other_field_that_is_set()
         fsm_key(StorageKey(bot_id=1, chat_id="2", user_id=3))  # type: ignore[arg-type]
 
 
-keys = st.builds(
-    StorageKey,
-    bot_id=st.integers(),
-    chat_id=st.integers(),
-    user_id=st.integers(),
-    thread_id=st.none() | st.integers(),
-    business_connection_id=st.none() | st.text(),
-    destiny=st.sampled_from(["default", "scenes_history", "", ":", "%3A"]) | st.text(),
-)
+def storage_keys() -> st.SearchStrategy[StorageKey]:
+    from aiogram.fsm.storage.base import StorageKey
+
+    return st.builds(
+        StorageKey,
+        bot_id=st.integers(),
+        chat_id=st.integers(),
+        user_id=st.integers(),
+        thread_id=st.none() | st.integers(),
+        business_connection_id=st.none() | st.text(),
+        destiny=st.sampled_from(["default", "scenes_history", "", ":", "%3A"]) | st.text(),
+    )
+
+
+keys = st.deferred(storage_keys)
 
 
 @given(keys, keys)
 def test_distinct_storage_keys_never_share_a_record(one: StorageKey, other: StorageKey) -> None:
+    from simplesession.contrib.aiogram import fsm_key
+
     assert (fsm_key(one) == fsm_key(other)) == (one == other)
 
 
 # -- aiogram's semantics ---------------------------------------------------------------------------
 
 
-class Form(StatesGroup):
-    name = State()
-    age = State()
+@functools.cache
+def form() -> tuple[State, State]:
+    """The states of a form, name then age, in a StatesGroup named Form."""
+    from aiogram.fsm.state import State, StatesGroup
+
+    class Form(StatesGroup):
+        name = State()
+        age = State()
+
+    return Form.name, Form.age
 
 
-KEY = StorageKey(bot_id=BOT_ID, chat_id=42, user_id=42)
+def chat_key() -> StorageKey:
+    """The key of chat 42's conversation with the fake server's bot."""
+    from aiogram.fsm.storage.base import StorageKey
+
+    return StorageKey(bot_id=BOT_ID, chat_id=42, user_id=42)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_states_and_data_behave_as_aiograms_own_storages(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    from aiogram.fsm.state import State
+
+    from simplesession.contrib.aiogram import SessionStorage
+
     storage = make_storage(kind, tmp_path / "fsm", request)
-    fsm = SessionStorage(storage)
-    name = fsm.key(KEY)
+    fsm, key = SessionStorage(storage), chat_key()
+    name = fsm.key(key)
 
     async def main() -> None:
-        assert await fsm.get_state(KEY) is None
-        assert await fsm.get_data(KEY) == {}
-        assert await fsm.get_value(KEY, "x", "default") == "default"
-        await fsm.set_state(KEY, Form.name)
-        assert await fsm.get_state(KEY) == "Form:name"
+        assert await fsm.get_state(key) is None
+        assert await fsm.get_data(key) == {}
+        assert await fsm.get_value(key, "x", "default") == "default"
+        await fsm.set_state(key, form()[0])
+        assert await fsm.get_state(key) == "Form:name"
         assert storage.read(name) == {"state": "Form:name", "data": {}}
-        data = await fsm.update_data(KEY, {"name": "Ann"})
+        data = await fsm.update_data(key, {"name": "Ann"})
         data["name"] = "changed"  # a copy: the stored data stays
-        assert await fsm.get_data(KEY) == {"name": "Ann"}
-        assert await fsm.get_value(KEY, "name") == "Ann"
-        await fsm.set_data(KEY, {"age": 30})
+        assert await fsm.get_data(key) == {"name": "Ann"}
+        assert await fsm.get_value(key, "name") == "Ann"
+        await fsm.set_data(key, {"age": 30})
         assert storage.read(name) == {"state": "Form:name", "data": {"age": 30}}
-        await fsm.set_state(KEY, "Other:step")
-        await fsm.set_state(KEY, None)
+        await fsm.set_state(key, "Other:step")
+        await fsm.set_state(key, None)
         assert storage.read(name) == {"state": None, "data": {"age": 30}}
-        await fsm.set_data(KEY, {})  # neither state nor data: the record goes
+        await fsm.set_data(key, {})  # neither state nor data: the record goes
         assert storage.read(name) is None
-        await fsm.set_state(KEY, State())  # aiogram's default_state: none
+        await fsm.set_state(key, State())  # aiogram's default_state: none
         assert storage.read(name) is None
 
     run(main())
 
 
 def test_data_that_is_not_json_or_not_a_dict_is_refused_and_nothing_is_stored() -> None:
+    from simplesession.contrib.aiogram import SessionStorage
+
     storage = MemoryStorage()
-    fsm = SessionStorage(storage)
+    fsm, key = SessionStorage(storage), chat_key()
 
     async def main() -> None:
-        await fsm.set_data(KEY, {"n": 1})
+        await fsm.set_data(key, {"n": 1})
         with pytest.raises(SessionDataError, match=r"\['when'\] is a set"):
-            await fsm.update_data(KEY, {"when": {1, 2}})
+            await fsm.update_data(key, {"when": {1, 2}})
         with pytest.raises(TypeError, match="FSM data must be a dict, not list"):
-            await fsm.set_data(KEY, [1, 2])  # type: ignore[arg-type]
+            await fsm.set_data(key, [1, 2])  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="a state is a str"):
-            await fsm.set_state(KEY, 5)  # type: ignore[arg-type]
-        assert await fsm.get_data(KEY) == {"n": 1}
+            await fsm.set_state(key, 5)  # type: ignore[arg-type]
+        assert await fsm.get_data(key) == {"n": 1}
 
     run(main())
     with pytest.raises(TypeError, match="needs a simplesession storage"):
@@ -132,14 +163,16 @@ def test_data_that_is_not_json_or_not_a_dict_is_refused_and_nothing_is_stored() 
 
 
 def test_a_record_of_another_shape_is_set_aside_and_reads_as_empty(tmp_path: Path) -> None:
+    from simplesession.contrib.aiogram import SessionStorage
+
     storage = FileStorage(tmp_path)
-    fsm = SessionStorage(storage)
-    storage.write(fsm.key(KEY), ["not", "a", "record"])
+    fsm, key = SessionStorage(storage), chat_key()
+    storage.write(fsm.key(key), ["not", "a", "record"])
 
     async def main() -> None:
-        assert await fsm.get_state(KEY) is None
-        await fsm.update_data(KEY, {"n": 1})
-        assert await fsm.get_data(KEY) == {"n": 1}
+        assert await fsm.get_state(key) is None
+        await fsm.update_data(key, {"n": 1})
+        assert await fsm.get_data(key) == {"n": 1}
 
     run(main())
     kept = list((tmp_path / "corrupt").iterdir())  # kept for a human
@@ -151,20 +184,24 @@ def test_a_record_of_another_shape_is_set_aside_and_reads_as_empty(tmp_path: Pat
 
 
 def form_router() -> Router:
+    from aiogram import Router
+    from aiogram.filters import Command
+
+    name_state, age_state = form()
     router = Router()
 
     @router.message(Command("start"))
     async def start(message: Any, state: FSMContext) -> None:
-        await state.set_state(Form.name)
+        await state.set_state(name_state)
         await message.answer("Your name?")
 
-    @router.message(Form.name)
+    @router.message(name_state)
     async def name(message: Any, state: FSMContext) -> None:
         await state.update_data(name=message.text)
-        await state.set_state(Form.age)
+        await state.set_state(age_state)
         await message.answer("Your age?")
 
-    @router.message(Form.age)
+    @router.message(age_state)
     async def age(message: Any, state: FSMContext) -> None:
         data = await state.update_data(age=int(message.text))
         await state.clear()
@@ -174,6 +211,10 @@ def form_router() -> Router:
 
 
 def dispatcher(storage: Storage) -> Dispatcher:
+    from aiogram import Dispatcher
+
+    from simplesession.contrib.aiogram import SessionIsolation, SessionStorage
+
     dp = Dispatcher(storage=SessionStorage(storage), events_isolation=SessionIsolation(storage))
     dp.include_router(form_router())
     return dp
@@ -183,8 +224,10 @@ def dispatcher(storage: Storage) -> Dispatcher:
 def test_a_conversation_goes_on_after_a_restart(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, api: FakeBotAPI
 ) -> None:
+    from simplesession.contrib.aiogram import fsm_key
+
     storage = make_storage(kind, tmp_path / "fsm", request)
-    name = fsm_key(KEY)
+    name = fsm_key(chat_key())
 
     async def before(bot: Bot) -> None:
         dp = dispatcher(storage)
@@ -218,6 +261,10 @@ def test_a_conversation_goes_on_after_a_restart(
 def shared_lock_keys(storage: Storage) -> tuple[int, StorageKey]:
     """A chat whose session key and FSM record have one lock in ``storage`` (one of its lock
     files), and another FSM key that shares the lock of that chat's record."""
+    from aiogram.fsm.storage.base import StorageKey
+
+    from simplesession.contrib.aiogram import fsm_key
+
     chats = range(1, 100_000)
     chat = next(c for c in chats if storage.lock_name(str(c)) == storage.lock_name(fsm_key(StorageKey(BOT_ID, c, c))))
     record = storage.lock_name(fsm_key(StorageKey(BOT_ID, chat, chat)))
@@ -230,6 +277,10 @@ def shared_lock_keys(storage: Storage) -> tuple[int, StorageKey]:
 
 
 def test_a_record_whose_lock_the_update_holds_changes_without_waiting_for_itself(tmp_path: Path) -> None:
+    from aiogram.fsm.storage.base import StorageKey
+
+    from simplesession.contrib.aiogram import SessionIsolation, SessionStorage, fsm_key
+
     storage = FileStorage(tmp_path, lock_timeout=30)
     fsm, isolation = SessionStorage(storage), SessionIsolation(storage)
     chat, other = shared_lock_keys(storage)
@@ -252,6 +303,8 @@ def test_a_session_on_the_fsm_storage_that_shares_its_lock_is_taken_again_by_the
 ) -> None:
     """The isolation holds the record's lock file, which is also the chat's session's: the
     update's task enters it again, as a thread may, instead of waiting for itself."""
+    from simplesession.contrib.aiogram import SessionMiddleware
+
     storage = FileStorage(tmp_path, lock_timeout=30)
     chat, _ = shared_lock_keys(storage)
 
@@ -305,6 +358,10 @@ ISOLATED_INCREMENTS = """
 def test_isolation_holds_across_processes_of_coroutines(kind: str, tmp_path: Path) -> None:
     """2 processes x 8 coroutines x 25 locked increments of one key: exactly 400; and 400
     update_data calls of another key from them all: no key lost."""
+    from aiogram.fsm.storage.base import StorageKey
+
+    from simplesession.contrib.aiogram import fsm_key
+
     store = f"file:{tmp_path / 'fsm'}" if kind == "file" else f"sqlite:{tmp_path / 'fsm.db'}"
     procs = [fork_python(ISOLATED_INCREMENTS, store, str(p), "8", "25", stderr=subprocess.PIPE) for p in range(2)]
     for proc in procs:
@@ -358,6 +415,10 @@ COUNTING_BOT = """
 @pytest.mark.parametrize("kind", ["file", "sqlite"])
 def test_the_fsm_and_the_session_of_one_chat_count_exactly_across_processes(kind: str, tmp_path: Path) -> None:
     """Two bot processes, each feeding 200 concurrent updates of two chats to its Dispatcher."""
+    from aiogram.fsm.storage.base import StorageKey
+
+    from simplesession.contrib.aiogram import fsm_key
+
     if kind == "file":
         stores = [f"file:{tmp_path / 'fsm'}", f"file:{tmp_path / 'sessions'}"]
     else:
@@ -374,6 +435,8 @@ def test_the_fsm_and_the_session_of_one_chat_count_exactly_across_processes(kind
 
 
 def test_isolation_refuses_what_is_not_a_storage() -> None:
+    from simplesession.contrib.aiogram import SessionIsolation
+
     with pytest.raises(TypeError, match="needs a simplesession storage"):
         SessionIsolation(json)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prefix must be a str"):

@@ -154,14 +154,15 @@ def test_opening_does_not_scan_or_create_anything(tmp_path: Path, monkeypatch: p
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("opening a storage must not list a directory")
 
-    monkeypatch.setattr(os, "scandir", forbidden)
-    monkeypatch.setattr(os, "listdir", forbidden)
-    monkeypatch.setattr(os, "walk", forbidden)
-    storage = FileStorage(root)
-    assert storage.read("present") == {"v": 1}
-    assert not (tmp_path / "never").exists()
-    FileStorage(tmp_path / "never")
-    assert not (tmp_path / "never").exists()
+    with monkeypatch.context() as patched:  # undone before tmp_path's clean-up, which lists folders
+        patched.setattr(os, "scandir", forbidden)
+        patched.setattr(os, "listdir", forbidden)
+        patched.setattr(os, "walk", forbidden)
+        storage = FileStorage(root)
+        assert storage.read("present") == {"v": 1}
+        assert not (tmp_path / "never").exists()
+        FileStorage(tmp_path / "never")
+        assert not (tmp_path / "never").exists()
 
 
 class OpenCounter:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import postgres_storage
-from helpers import INCREMENTER, kill_writers, run_python, start_python
+from helpers import INCREMENTER, fork_python, kill_writers, run_forked
 from psycopg import sql
 
 from simplesession import PostgresStorage
@@ -96,7 +96,7 @@ class Holder:
     """The HOLDER script in a process of its own, holding chat 7's lock once started."""
 
     def __init__(self, url: str, table: str, lock_expiry: float) -> None:
-        self.process = start_python(
+        self.process = fork_python(
             HOLDER, url, table, str(lock_expiry), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert self.process.stdout is not None
@@ -131,7 +131,7 @@ def holders() -> Iterator[Callable[..., Holder]]:
 
 
 def next_update(url: str, table: str, lock_timeout: float) -> str:
-    result = run_python(NEXT, url, table, str(lock_timeout))
+    result = run_forked(NEXT, url, table, str(lock_timeout))
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -148,7 +148,7 @@ def holder_pid(conn: psycopg.Connection[Any], storage: PostgresStorage, key: str
 
 def test_four_processes_of_locked_increments_lose_no_update(storage: PostgresStorage, postgres_url: str) -> None:
     options = json.dumps({"table": storage.table})
-    procs = [start_python(INCREMENTER, postgres_url, options, "250", stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [fork_python(INCREMENTER, postgres_url, options, "250", stderr=subprocess.PIPE) for _ in range(4)]
     try:
         for proc in procs:
             _, err = proc.communicate(timeout=120)
@@ -174,7 +174,7 @@ def test_sigkill_during_writes_leaves_old_or_new_values_never_torn(
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(aside)).fetchone() == (0,)
 
     kill_writers(
-        lambda first: start_python(WRITER, postgres_url, storage.table, str(progress), str(first)),
+        lambda first: fork_python(WRITER, postgres_url, storage.table, str(progress), str(first)),
         progress,
         rounds=6,
         seed=4321,
@@ -231,7 +231,7 @@ def test_a_live_holder_keeps_its_lock_longer_than_lock_expiry(
 ) -> None:
     storage.write("7", {"n": 5})
     holder = holders(postgres_url, storage.table, 0.3)
-    result = run_python(NEXT, postgres_url, storage.table, "1.2")  # 4 x lock_expiry
+    result = run_forked(NEXT, postgres_url, storage.table, "1.2")  # 4 x lock_expiry
     assert result.returncode != 0
     assert "LockTimeout" in result.stderr
     out, err = holder.finish()

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import forkserver
 import pytest
 from fakebotapi import FakeBotAPI
-from helpers import start_python
+from helpers import fork_python
 from test_ptb import WAIT, build, counter, running
 
 from simplesession import FileStorage, SQLiteStorage, Storage
@@ -60,7 +61,7 @@ def counts(storage: Storage) -> dict[int, Any]:
     return {chat: storage.read(f"ptb:chat:{chat}") for chat in CHATS}
 
 
-def wait_for(condition: Callable[[], bool], what: str, bot: subprocess.Popen[str]) -> None:
+def wait_for(condition: Callable[[], bool], what: str, bot: forkserver.Process) -> None:
     deadline = time.monotonic() + WAIT
     while not condition():
         assert bot.poll() is None, f"the bot ended early ({bot.returncode}) before {what}"
@@ -75,7 +76,7 @@ def test_sigkill_mid_run_loses_no_written_update_and_a_restart_goes_on_from_ther
     url, open_store = store
     rng = random.Random(seed)
     with FakeBotAPI() as api:
-        bot = start_python(BOT, url, api.url, api.token, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        bot = fork_python(BOT, url, api.url, api.token, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stop_feeding = threading.Event()
         try:
             for _ in range(10):

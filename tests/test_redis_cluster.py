@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import forkserver
 import pytest
 import redis
 import redis.cluster
-from helpers import INCREMENTER, run_python, start_python
+from helpers import INCREMENTER, fork_python, run_forked
 
 from simplesession import Bot, Context, LockLost, RedisStorage, multi_session
 
@@ -59,9 +59,7 @@ def per_primary(client: Any, prefix: str) -> list[int]:
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "simplesession", *args], input=stdin, capture_output=True, text=True, timeout=60
-    )
+    return forkserver.run(["-m", "simplesession", *args], input=stdin, timeout=60)
 
 
 def test_a_sessions_value_lock_and_set_aside_keys_share_one_slot(storage: RedisStorage, client: Any) -> None:
@@ -100,7 +98,7 @@ def test_a_corrupt_value_is_set_aside_in_its_slot_and_the_chat_goes_on(
 def test_processes_incrementing_through_the_cluster_lose_no_update(cluster_url: str, prefix: str) -> None:
     options = json.dumps({"prefix": prefix})
     procs = [
-        start_python(
+        fork_python(
             INCREMENTER,
             cluster_url,
             options,
@@ -187,7 +185,7 @@ def test_waiting_for_replicas_is_refused_on_a_cluster_saying_so(cluster_url: str
 
 
 def test_a_cluster_address_that_answers_nothing_is_a_storage_error() -> None:
-    result = run_python(
+    result = run_forked(
         """
         from simplesession import RedisStorage, StorageError
         try:

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import forkserver
 import pytest
 import redis
-from helpers import run_python, start_python
+from helpers import fork_python, run_forked
 from redisserver import StallingProxy
 
 from simplesession import Bot, Context, LockLost, RedisStorage, StorageError, multi_session, session
@@ -73,8 +74,8 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
         yield conn
 
 
-def start_holder(url: str, prefix: str, action: str) -> subprocess.Popen[str]:
-    holder = start_python(
+def start_holder(url: str, prefix: str, action: str) -> forkserver.Process:
+    holder = fork_python(
         HOLDER, url, prefix, str(EXPIRY), action, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert holder.stdout is not None
@@ -89,11 +90,11 @@ def start_holder(url: str, prefix: str, action: str) -> subprocess.Popen[str]:
 
 def count_elsewhere(redis_url: str, prefix: str) -> None:
     """UPDATES updates in another process, which get the lock once the holder's has expired."""
-    result = run_python(COUNTER, redis_url, prefix, str(UPDATES))
+    result = run_forked(COUNTER, redis_url, prefix, str(UPDATES))
     assert result.returncode == 0, result.stderr
 
 
-def finish(holder: subprocess.Popen[str]) -> str:
+def finish(holder: forkserver.Process) -> str:
     try:
         out, err = holder.communicate("go\n", timeout=30)
     finally:
@@ -101,7 +102,7 @@ def finish(holder: subprocess.Popen[str]) -> str:
             holder.kill()
             holder.communicate(timeout=30)
     assert holder.returncode == 0, err
-    return out
+    return str(out)
 
 
 def stored(redis_url: str, prefix: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 import redis
-from helpers import start_python
+from helpers import fork_python
 from redis.sentinel import Sentinel
 from redisserver import SentinelSet
 
@@ -88,7 +88,7 @@ def test_a_write_too_few_replicas_confirm_fails_saying_so(sentinel_client: redis
 def test_a_forced_failover_loses_no_acknowledged_update(sentinel_set: SentinelSet, prefix: str) -> None:
     seconds = 3.0
     args = (str(sentinel_set.sentinel), sentinel_set.service, prefix, str(seconds))
-    counters = [start_python(COUNTER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    counters = [fork_python(COUNTER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     try:
         for counter in counters:
             assert counter.stdout is not None

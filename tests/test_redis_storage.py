@@ -17,7 +17,7 @@ from typing import Any, cast
 import forkserver
 import pytest
 import redis
-from helpers import INCREMENTER, fork_python, run_python
+from helpers import INCREMENTER, fork_python, run_forked, run_python
 from redisserver import free_port
 from test_file_storage import HOSTILE_KEYS
 
@@ -511,9 +511,9 @@ def test_the_upgrade_command_moves_the_old_layout_and_says_how_much(
 ) -> None:
     client.set(old_name(redis_prefix, "42"), b'{"format": 1, "key": "42", "data": {"count": 7}}')
     command = ["--redis", redis_url, "--prefix", redis_prefix]
-    stats = run_python("from simplesession.cli import main; raise SystemExit(main())", *command, "stats")
+    stats = run_forked("from simplesession.cli import main; raise SystemExit(main())", *command, "stats")
     assert "old layout:    1 (keys " in stats.stdout
-    done = run_python("from simplesession.cli import main; raise SystemExit(main())", *command, "upgrade")
+    done = run_forked("from simplesession.cli import main; raise SystemExit(main())", *command, "upgrade")
     assert (done.returncode, done.stdout) == (0, "moved 1 session to the current layout\n"), done.stderr
     assert RedisStorage(redis_url, prefix=redis_prefix).read("42") == {"count": 7}
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import INCREMENTER, kill_writers, start_python
+from helpers import INCREMENTER, fork_python, kill_writers
 
 from simplesession import LockTimeout, SQLiteStorage
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX processes
 def test_four_processes_of_locked_increments_lose_no_update(tmp_path: Path, cache_size: int) -> None:
     path = str(tmp_path / "sessions.db")
     options = json.dumps({"cache_size": cache_size})
-    procs = [start_python(INCREMENTER, f"sqlite:{path}", options, "250", stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [fork_python(INCREMENTER, f"sqlite:{path}", options, "250", stderr=subprocess.PIPE) for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -47,7 +47,7 @@ BOT = """
 
 def test_bots_in_three_processes_counting_one_chat_through_the_middleware_lose_no_update(tmp_path: Path) -> None:
     path = str(tmp_path / "sessions.db")
-    procs = [start_python(BOT, path, "100", stderr=subprocess.PIPE) for _ in range(3)]
+    procs = [fork_python(BOT, path, "100", stderr=subprocess.PIPE) for _ in range(3)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -56,7 +56,7 @@ def test_bots_in_three_processes_counting_one_chat_through_the_middleware_lose_n
 
 def test_a_warm_cache_sees_what_another_process_wrote(tmp_path: Path) -> None:
     path = str(tmp_path / "sessions.db")
-    writer = start_python(
+    writer = fork_python(
         """
         import sys
         from simplesession import SQLiteStorage
@@ -100,7 +100,7 @@ HOLDER = """
 
 def test_a_lock_held_by_another_process_times_out_and_keeps_no_other_key_waiting(tmp_path: Path) -> None:
     path = str(tmp_path / "sessions.db")
-    holder = start_python(HOLDER, path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder = fork_python(HOLDER, path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert holder.stdin is not None
     assert holder.stdout is not None
     try:
@@ -124,7 +124,7 @@ def test_a_lock_held_by_another_process_times_out_and_keeps_no_other_key_waiting
 
 def test_the_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path) -> None:
     path = str(tmp_path / "sessions.db")
-    holder = start_python(HOLDER, path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder = fork_python(HOLDER, path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert holder.stdout is not None
     assert holder.stdout.readline() == "holding\n"
     holder.send_signal(signal.SIGKILL)
@@ -158,7 +158,7 @@ def test_sigkill_during_writes_leaves_old_or_new_values_never_torn_nor_lost(tmp_
             assert db.execute("SELECT count(*) FROM set_aside").fetchone() == (0,)
 
     kill_writers(
-        lambda first: start_python(WRITER, str(path), str(progress), str(first)),
+        lambda first: fork_python(WRITER, str(path), str(progress), str(first)),
         progress,
         rounds=12,
         seed=1234,

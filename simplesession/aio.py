@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -134,8 +135,12 @@ async def _off_loop(holder: object, call: Callable[[], _T], undo: Callable[[_T],
         if undo is not None:
 
             def give_back(future: asyncio.Future[_T]) -> None:
-                if not future.cancelled() and future.exception() is None:
+                if future.cancelled() or future.exception() is not None:
+                    return
+                try:
                     loop.run_in_executor(None, _logged, holder, undo, future.result())
+                except RuntimeError:  # the loop is shutting its executor down (asyncio.run ending)
+                    threading.Thread(target=_logged, args=(holder, undo, future.result())).start()
 
             done.add_done_callback(give_back)
         raise

@@ -219,6 +219,34 @@ def test_a_cancelled_waiter_leaves_no_lock_behind(storage: Storage) -> None:
     assert storage.read("k") == {"n": 1}
 
 
+def test_a_lock_a_cancelled_waiter_gets_as_the_loop_shuts_down_is_given_back(tmp_path: Path) -> None:
+    """Its worker thread gets the lock only once asyncio.run is shutting the executor down."""
+    storage = FileStorage(tmp_path)
+    taken, release = threading.Event(), threading.Event()
+
+    def thread_holds() -> None:
+        with storage.lock("k"):
+            taken.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=thread_holds)
+    worker.start()
+    assert taken.wait(10)
+
+    async def main() -> None:
+        waiter = asyncio.create_task(_increment(storage, "k"))
+        await asyncio.sleep(0.1)  # in its worker thread, waiting for the thread's lock
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        threading.Timer(0.3, release.set).start()  # once main has returned
+
+    asyncio.run(main())
+    worker.join(10)
+    with storage.lock("k", timeout=5):
+        pass
+
+
 def test_cancelled_while_the_thread_takes_the_lock(tmp_path: Path) -> None:
     """Cancelled after its worker thread began to wait for another thread's lock: once the
     thread gets the lock, it is given back."""

@@ -48,13 +48,9 @@ def test_a_child_forked_while_a_read_is_held_open_can_still_empty_the_wal(tmp_pa
     assert storage.read("42") == {"count": 3}
 
 
-def test_no_read_is_held_open_while_the_wal_is_long_enough_to_be_checkpointed(tmp_path: Path) -> None:
-    # SQLite checkpoints just after a commit, when a thread reading without pause would
-    # always still hold the read it began before it: the WAL would then never be copied
-    # back whole, and would grow for as long as that thread reads.
-    path = tmp_path / "sessions.db"
-    storage = SQLiteStorage(path, cache_size=0)
-    storage.write("42", {"count": 1})
+def lengthen_the_wal(path: Path, *, copy_back: bool) -> None:
+    """Commit 1,100 pages from outside, none checkpointed; then, with ``copy_back``, copy
+    them all back into the database (the WAL stays that long until the next commit)."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("CREATE TABLE filler (x BLOB)")
@@ -62,6 +58,18 @@ def test_no_read_is_held_open_while_the_wal_is_long_enough_to_be_checkpointed(tm
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1100) "
             "INSERT INTO filler SELECT randomblob(4000) FROM n"
         )
+        if copy_back:
+            assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+
+
+def test_no_read_is_held_open_while_the_wal_is_long_enough_to_be_checkpointed(tmp_path: Path) -> None:
+    # SQLite checkpoints just after a commit, when a thread reading without pause would
+    # always still hold the read it began before it: the WAL would then never be copied
+    # back whole, and would grow for as long as that thread reads.
+    path = tmp_path / "sessions.db"
+    storage = SQLiteStorage(path, cache_size=0)
+    storage.write("42", {"count": 1})
+    lengthen_the_wal(path, copy_back=False)
     assert os.path.getsize(f"{path}-wal") > 1000 * 4096
     assert storage.read("42") == {"count": 1}
     assert wal_checkpoint(path)[0] == 0  # at once: no read held back the checkpoint
@@ -78,14 +86,7 @@ def test_reads_are_held_open_on_a_long_wal_once_it_is_all_copied_back(tmp_path: 
     path = tmp_path / "sessions.db"
     storage = SQLiteStorage(path, cache_size=0)
     storage.write("42", {"count": 1})
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("PRAGMA wal_autocheckpoint = 0")
-        db.execute("CREATE TABLE filler (x BLOB)")
-        db.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1100) "
-            "INSERT INTO filler SELECT randomblob(4000) FROM n"
-        )
-        assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    lengthen_the_wal(path, copy_back=True)
     assert storage.read("42") == {"count": 1}
     assert storage._link().held is not None
     assert wal_checkpoint(path)[0] == 0  # at once, with the read held open
